@@ -1,0 +1,3 @@
+from fastbp.cli import main
+
+raise SystemExit(main())

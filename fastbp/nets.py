@@ -1,0 +1,197 @@
+"""Fully connected networks built from the textbook layers.
+
+``params`` holds the arrays the layers use, and every update is in place, so
+an optimizer's ``update(net.params, grads)`` changes the net directly.
+Weights are drawn from a host NumPy generator seeded by ``seed``: the same
+seed gives the same starting net on every backend and dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy
+
+from fastbp.backends import get_backend
+from fastbp.gradcheck import numerical_gradient
+from fastbp.layers import Affine, ReLU, Sigmoid, SoftmaxWithLoss
+
+_ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid}
+_INIT_SCALES = {"relu": 2.0, "he": 2.0, "sigmoid": 1.0, "xavier": 1.0}
+_DTYPES = ("float64", "float32")
+
+
+def float_dtype(owner, dtype):
+    """``dtype`` as a NumPy dtype, which must be float64 or float32."""
+    try:
+        resolved = numpy.dtype(dtype)
+    except TypeError:
+        resolved = None
+    if resolved is None or resolved.name not in _DTYPES:
+        raise ValueError(f"{owner}: dtype must be one of {list(_DTYPES)}, received {dtype!r}")
+    return resolved
+
+
+def _check_choice(owner, argument, value, choices):
+    if value not in choices:
+        raise ValueError(f"{owner}: {argument} must be one of {list(choices)}, received {value!r}")
+
+
+class MultiLayerNet:
+    """Affine -> activation -> ... -> Affine -> SoftmaxWithLoss, any depth.
+
+    ``weight_init_std`` is a number, "he"/"relu" (sqrt(2/n_in)) or
+    "xavier"/"sigmoid" (sqrt(1/n_in)).  ``weight_decay_lambda`` adds
+    ``lambda/2 * sum(||W||^2)`` to the loss and ``lambda * W`` to each dW.
+    """
+
+    def __init__(self, input_size, hidden_size_list, output_size, activation="relu",
+                 weight_init_std="relu", weight_decay_lambda=0.0, seed=None,
+                 backend=None, dtype="float64"):
+        name = type(self).__name__
+        _check_choice(name, "activation", activation, _ACTIVATIONS)
+        sizes = [input_size, *hidden_size_list, output_size]
+        if not all(isinstance(s, (int, numpy.integer)) and s > 0 for s in sizes):
+            raise ValueError(f"{name}: layer sizes must be positive integers, received {sizes}")
+        if weight_decay_lambda < 0:
+            raise ValueError(f"{name}: weight_decay_lambda must be >= 0, received {weight_decay_lambda}")
+        self.backend = get_backend(backend)
+        self.dtype = float_dtype(name, dtype)
+        self.input_size, self.output_size = int(input_size), int(output_size)
+        self.hidden_size_list = [int(s) for s in hidden_size_list]
+        self.activation = activation
+        self.weight_decay_lambda = float(weight_decay_lambda)
+
+        host_rng = numpy.random.default_rng(seed)
+        self.params = {}
+        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+            scale = self._init_scale(weight_init_std, n_in)
+            W = scale * host_rng.standard_normal((n_in, n_out))
+            self.params[f"W{i}"] = self.backend.asarray(W, dtype=self.dtype)
+            self.params[f"b{i}"] = self.backend.asarray(numpy.zeros(n_out), dtype=self.dtype)
+        self._build_layers()
+
+    @staticmethod
+    def _init_scale(weight_init_std, n_in):
+        if isinstance(weight_init_std, str):
+            _check_choice("weight_init_std", "a named scale", weight_init_std.lower(), _INIT_SCALES)
+            return math.sqrt(_INIT_SCALES[weight_init_std.lower()] / n_in)
+        return float(weight_init_std)
+
+    @property
+    def n_layers(self):
+        """Number of Affine layers."""
+        return len(self.hidden_size_list) + 1
+
+    def _build_layers(self):
+        self.layers = {}
+        for i in range(1, self.n_layers + 1):
+            self.layers[f"Affine{i}"] = Affine(self.params[f"W{i}"], self.params[f"b{i}"],
+                                               self.backend, need_dx=i > 1)
+            if i < self.n_layers:
+                self.layers[f"Activation{i}"] = _ACTIVATIONS[self.activation](self.backend)
+        self.last_layer = SoftmaxWithLoss(self.backend)
+
+    # ------------------------------------------------------------- validation
+    def _prepare(self, x, t=None, where="forward"):
+        """Check and convert inputs before anything runs; return ``(x, t)``."""
+        where = f"{type(self).__name__}.{where}"
+        be = self.backend
+        x = be.ensure_array(x, where)
+        if x.ndim < 2 or math.prod(x.shape[1:]) != self.input_size:
+            raise ValueError(f"{where}: expected x of shape (N, {self.input_size}), "
+                             f"received shape {tuple(x.shape)}")
+        x = x.reshape(x.shape[0], self.input_size).astype(self.dtype, copy=False)
+        if t is None:
+            return x, None
+        t = be.ensure_array(t, where)
+        n, c = x.shape[0], self.output_size
+        if t.ndim == 1:
+            if t.dtype.kind not in "iu":
+                raise ValueError(f"{where}: class-index labels must be integers, received dtype {t.dtype}")
+            if t.shape[0] != n:
+                raise ValueError(f"{where}: x has {n} rows but t has {t.shape[0]} labels")
+            if n and (int(t.min()) < 0 or int(t.max()) >= c):
+                raise ValueError(f"{where}: labels must lie in [0, {c}), received values in "
+                                 f"[{int(t.min())}, {int(t.max())}]")
+        elif t.shape == (n, c):
+            t = t.astype(self.dtype, copy=False)
+        else:
+            raise ValueError(f"{where}: expected t of shape ({n},) class indices or ({n}, {c}) "
+                             f"one-hot, received shape {tuple(t.shape)}")
+        return x, t
+
+    # ---------------------------------------------------------------- forward
+    def _predict(self, x, train_flg=False):
+        for layer in self.layers.values():
+            x = layer.forward(x)
+        return x
+
+    def _weight_decay(self):
+        if not self.weight_decay_lambda:
+            return 0
+        total = sum((self.params[f"W{i}"] ** 2).sum() for i in range(1, self.n_layers + 1))
+        return 0.5 * self.weight_decay_lambda * total
+
+    def _loss(self, x, t, train_flg=True):
+        return self.last_layer.forward(self._predict(x, train_flg), t) + self._weight_decay()
+
+    def predict(self, x, train_flg=False):
+        """Scores (before softmax) for a batch."""
+        x, _ = self._prepare(x, where="predict")
+        return self._predict(x, train_flg)
+
+    def loss(self, x, t, train_flg=True):
+        """Batch-mean cross-entropy plus the weight-decay term, as a 0-d array."""
+        x, t = self._prepare(x, t, where="loss")
+        return self._loss(x, t, train_flg)
+
+    def accuracy(self, x, t):
+        """Fraction of rows whose highest score is the true class, as a float."""
+        x, t = self._prepare(x, t, where="accuracy")
+        y = self._predict(x).argmax(axis=1)
+        if t.ndim != 1:
+            t = t.argmax(axis=1)
+        return float((y == t).mean()) if len(y) else 0.0
+
+    # --------------------------------------------------------------- backward
+    def _loss_and_gradient(self, x, t):
+        loss = self._loss(x, t)
+        dout = self.last_layer.backward(1)
+        for layer in reversed(self.layers.values()):
+            dout = layer.backward(dout)
+        grads = {}
+        lam = self.weight_decay_lambda
+        for i in range(1, self.n_layers + 1):
+            affine = self.layers[f"Affine{i}"]
+            grads[f"W{i}"] = affine.dW + lam * affine.W if lam else affine.dW
+            grads[f"b{i}"] = affine.db
+        return loss, grads
+
+    def gradient(self, x, t):
+        """Backprop gradients, a dict with the keys of ``params``."""
+        x, t = self._prepare(x, t, where="gradient")
+        return self._loss_and_gradient(x, t)[1]
+
+    def numerical_gradient(self, x, t, h=1e-4):
+        """Central-difference gradients (slow: two forward passes per parameter)."""
+        x, t = self._prepare(x, t, where="numerical_gradient")
+        return {key: numerical_gradient(lambda _: self._loss(x, t), param, h)
+                for key, param in self.params.items()}
+
+    def train_step(self, x, t, optimizer):
+        """Forward, backward and an in-place update; returns the loss (0-d array)."""
+        x, t = self._prepare(x, t, where="train_step")
+        loss, grads = self._loss_and_gradient(x, t)
+        optimizer.update(self.params, grads, backend=self.backend)
+        return loss
+
+
+class TwoLayerNet(MultiLayerNet):
+    """The textbook net: Affine -> ReLU -> Affine -> SoftmaxWithLoss."""
+
+    def __init__(self, input_size, hidden_size, output_size, weight_init_std=0.01,
+                 seed=None, backend=None, dtype="float64"):
+        super().__init__(input_size, [hidden_size], output_size, activation="relu",
+                         weight_init_std=weight_init_std, seed=seed, backend=backend,
+                         dtype=dtype)

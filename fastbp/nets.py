@@ -69,7 +69,15 @@ class MultiLayerNet:
             W = scale * host_rng.standard_normal((n_in, n_out))
             self.params[f"W{i}"] = self.backend.asarray(W, dtype=self.dtype)
             self.params[f"b{i}"] = self.backend.asarray(numpy.zeros(n_out), dtype=self.dtype)
+        #: non-trainable state saved with checkpoints (BatchNorm running statistics)
+        self.buffers = {}
         self._build_layers()
+
+    def config(self) -> dict:
+        """The architecture: what a checkpoint must match to be loaded into this net."""
+        return {"input_size": self.input_size, "hidden_size_list": list(self.hidden_size_list),
+                "output_size": self.output_size, "activation": self.activation,
+                "dtype": self.dtype.name}
 
     @staticmethod
     def _init_scale(weight_init_std, n_in):

@@ -15,6 +15,7 @@ import numpy
 from fastbp.backends import get_backend
 from fastbp.gradcheck import numerical_gradient
 from fastbp.layers import Affine, ReLU, Sigmoid, SoftmaxWithLoss
+from fastbp.optim import SGD
 
 _ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid}
 _INIT_SCALES = {"relu": 2.0, "he": 2.0, "sigmoid": 1.0, "xavier": 1.0}
@@ -187,9 +188,18 @@ class MultiLayerNet:
         return {key: numerical_gradient(lambda _: self._loss(x, t), param, h)
                 for key, param in self.params.items()}
 
+    def _fused_step_applies(self, optimizer):
+        """Plain SGD on a plain net: the backend may run the whole step as one fused call."""
+        return (type(optimizer) is SGD and not getattr(optimizer, "clip_norm", None)
+                and not self.weight_decay_lambda)
+
     def train_step(self, x, t, optimizer):
         """Forward, backward and an in-place update; returns the loss (0-d array)."""
         x, t = self._prepare(x, t, where="train_step")
+        if self._fused_step_applies(optimizer):
+            weights = [self.params[f"W{i}"] for i in range(1, self.n_layers + 1)]
+            biases = [self.params[f"b{i}"] for i in range(1, self.n_layers + 1)]
+            return self.backend.mlp_sgd_step(x, t, weights, biases, self.activation, optimizer.lr)
         loss, grads = self._loss_and_gradient(x, t)
         optimizer.update(self.params, grads, backend=self.backend)
         return loss

@@ -106,3 +106,30 @@ class NumpyBackend:
     def sgd_update(self, param, grad, lr):
         """In place: ``param -= lr * grad``."""
         param -= lr * grad
+
+    # ------------------------------------------------------- the whole step
+    def mlp_sgd_step(self, x, t, weights, biases, activation, lr):
+        """One SGD step of Affine-activation-...-Affine-softmax, in place; returns the loss.
+
+        The pure-array form of ``train_step`` for plain nets with plain SGD, so a
+        backend can fuse the whole step.  The reference composes the hot paths
+        and skips the input gradient of the first layer.
+        """
+        relu = activation == "relu"
+        acts, caches = [x], []
+        for i, (W, b) in enumerate(zip(weights, biases)):
+            z = self.affine_forward(acts[-1], W, b)
+            if i < len(weights) - 1:
+                z, cache = self.relu_forward(z) if relu else (self.sigmoid_forward(z),) * 2
+                caches.append(cache)
+            acts.append(z)
+        loss, probs = self.softmax_cross_entropy(acts.pop(), t)
+        d = self.softmax_cross_entropy_backward(probs, t)
+        for i in reversed(range(len(weights))):
+            d_below, dW, db = self.affine_backward(d, acts[i], weights[i], need_dx=i > 0)
+            self.sgd_update(weights[i], dW, lr)
+            self.sgd_update(biases[i], db, lr)
+            if i:
+                backward = self.relu_backward if relu else self.sigmoid_backward
+                d = backward(d_below, caches[i - 1])
+        return loss

@@ -1,0 +1,176 @@
+"""NumbaBackend: NumPy arrays, compiled kernels for the hot paths, products in one BLAS.
+
+Every matrix product goes through SciPy's OpenBLAS (the library numba's own
+``np.dot`` uses), never through NumPy's copy: two OpenBLAS thread pools
+spinning in one step fight over the cores.  C-contiguous arrays are handed to
+BLAS as their Fortran-ordered transposes, so no operand is ever copied, and
+the SGD step folds each weight update into the product that makes its
+gradient (``W -= lr * a.T @ d`` is one GEMM with ``beta = 1``).
+
+Anything these kernels do not handle (other ranks, integer arrays) falls back
+to the reference implementation.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+try:
+    import numba
+    from scipy.linalg import blas as _scipy_blas
+except ImportError as exc:  # the registry turns this into an install hint
+    raise ImportError(f"the numba backend needs numba and scipy ({exc.name} is missing)") from exc
+
+from fastbp.backends import numba_kernels as K
+from fastbp.backends.numpy_backend import NumpyBackend
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_GEMM = {np.dtype(np.float32): _scipy_blas.sgemm, np.dtype(np.float64): _scipy_blas.dgemm}
+_ACTIVATIONS = {"identity": K.IDENTITY, "relu": K.RELU, "sigmoid": K.SIGMOID}
+#: multiply-adds per step below which one compiled call with plain loops beats BLAS
+TINY_STEP_FLOPS = 1 << 16
+
+
+def gemm(a, b, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
+    """In place ``out = alpha * op(a) @ op(b) + beta * out`` for C-contiguous arrays.
+
+    BLAS is column-major; a C-contiguous matrix is the column-major storage of
+    its transpose, so ``out.T = op(b).T @ op(a).T`` runs on the same memory.
+    """
+    _GEMM[out.dtype](alpha, b.T, a.T, beta=beta, c=out.T, trans_a=trans_b, trans_b=trans_a,
+                     overwrite_c=True)
+    return out
+
+
+def _floats(*arrays):
+    """True when the kernels handle these arrays: one float dtype, 2-D first argument."""
+    dtype = arrays[0].dtype
+    return dtype in _FLOATS and arrays[0].ndim == 2 and all(a.dtype == dtype for a in arrays)
+
+
+class NumbaBackend(NumpyBackend):
+    name = "numba"
+    compiled_kernels = True
+
+    def info(self) -> dict:
+        cache = os.environ.get("NUMBA_CACHE_DIR") or "(next to the fastbp sources, __pycache__)"
+        return {**super().info(), "numba": numba.__version__,
+                "threading_layer": numba.config.THREADING_LAYER,
+                "threads": numba.get_num_threads(), "cache_dir": cache,
+                "blas": "SciPy's OpenBLAS (all products of a step)"}
+
+    # ----------------------------------------------------------------- affine
+    def affine_forward(self, x, W, b):
+        if not _floats(x, W, b):
+            return super().affine_forward(x, W, b)
+        out = gemm(np.ascontiguousarray(x), np.ascontiguousarray(W),
+                   np.empty((x.shape[0], W.shape[1]), dtype=x.dtype))
+        K.bias_act_forward(out, b, K.IDENTITY, x.dtype.type(1))
+        return out
+
+    def affine_backward(self, dout, x, W, need_dx=True):
+        if not _floats(dout, x, W):
+            return super().affine_backward(dout, x, W, need_dx)
+        dout, x, W = (np.ascontiguousarray(a) for a in (dout, x, W))
+        dx = gemm(dout, W, np.empty(x.shape, dtype=x.dtype), trans_b=True) if need_dx else None
+        dW = gemm(x, dout, np.empty(W.shape, dtype=W.dtype), trans_a=True)
+        return dx, dW, K.act_backward_col_sums(dout, dout, K.IDENTITY, dout.dtype.type(1))
+
+    # ------------------------------------------------------------ activations
+    def relu_forward(self, x):
+        """The mask is the output itself: it is positive exactly where ``x`` was."""
+        if not _floats(x):
+            return super().relu_forward(x)
+        out = self._activate(x, K.RELU)
+        return out, out
+
+    def relu_backward(self, dout, mask):
+        if not _floats(dout) or mask.shape != dout.shape:
+            return super().relu_backward(dout, mask)
+        return self._activation_grad(dout, mask, K.RELU)
+
+    def sigmoid_forward(self, x):
+        return self._activate(x, K.SIGMOID) if _floats(x) else super().sigmoid_forward(x)
+
+    def sigmoid_backward(self, dout, out):
+        if not _floats(dout, out):
+            return super().sigmoid_backward(dout, out)
+        return self._activation_grad(dout, out, K.SIGMOID)
+
+    @staticmethod
+    def _activate(x, act):
+        out = np.empty(x.shape, dtype=x.dtype)
+        K.act_forward(x, out, act, x.dtype.type(1))
+        return out
+
+    @staticmethod
+    def _activation_grad(dout, a, act):
+        dx = np.empty(dout.shape, dtype=dout.dtype)
+        K.act_backward(dout, a, dx, act, dout.dtype.type(1))
+        return dx
+
+    # ------------------------------------------------ softmax + cross-entropy
+    def softmax_cross_entropy(self, x, t):
+        if not _floats(x):
+            return super().softmax_cross_entropy(x, t)
+        dtype, n = x.dtype, x.shape[0]
+        probs = np.empty(x.shape, dtype=dtype)
+        total = K.softmax_xent(x, np.zeros(x.shape[1], dtype), t, probs, dtype.type(0),
+                               dtype.type(1))
+        return dtype.type(total) / dtype.type(n), probs
+
+    def softmax_cross_entropy_backward(self, probs, t):
+        if not _floats(probs):
+            return super().softmax_cross_entropy_backward(probs, t)
+        dtype = probs.dtype
+        dx = np.empty(probs.shape, dtype=dtype)
+        K.softmax_xent_backward(probs, t, dx, dtype.type(1) / dtype.type(probs.shape[0]),
+                                dtype.type(1))
+        return dx
+
+    # ------------------------------------------------------------- optimizers
+    def sgd_update(self, param, grad, lr):
+        if param.dtype not in _FLOATS or not (param.flags.c_contiguous and grad.flags.c_contiguous
+                                             and grad.dtype == param.dtype):
+            return super().sgd_update(param, grad, lr)
+        K.sgd_update(param.reshape(-1), grad.reshape(-1), param.dtype.type(lr))
+
+    # ------------------------------------------------------ the whole SGD step
+    def mlp_sgd_step(self, x, t, weights, biases, activation, lr):
+        dtype = x.dtype
+        arrays = (*weights, *biases)
+        if not (_floats(x, *arrays) and all(a.flags.c_contiguous for a in arrays)):
+            return super().mlp_sgd_step(x, t, weights, biases, activation, lr)
+        n, act, one, lr_ = x.shape[0], _ACTIVATIONS[activation], dtype.type(1), dtype.type(lr)
+        scale = one / dtype.type(n)
+        flops = n * sum(W.size for W in weights)
+        if len(weights) == 2 and t.ndim == 1 and flops <= TINY_STEP_FLOPS:
+            total = K.tiny_mlp_sgd_step(x, t, weights[0], biases[0], weights[1], biases[1],
+                                        act, lr_, scale, one)
+            return dtype.type(total) / dtype.type(n)
+
+        # forward: each product, then bias + activation in place
+        acts = [np.ascontiguousarray(x)]
+        for W, b in zip(weights, biases):
+            z = gemm(acts[-1], W, np.empty((n, W.shape[1]), dtype=dtype))
+            if len(acts) < len(weights):
+                K.bias_act_forward(z, b, act, one)
+            acts.append(z)
+        logits = acts.pop()
+        d = np.empty_like(logits)
+        total = K.softmax_xent(logits, biases[-1], t, d, scale, one)
+
+        # backward, with each update folded into the product that makes its gradient
+        db = K.act_backward_col_sums(d, d, K.IDENTITY, one)
+        for i in reversed(range(len(weights))):
+            W, a_in = weights[i], acts[i]
+            if i:  # the gradient below uses W before its update
+                d_below = gemm(d, W, np.empty(a_in.shape, dtype=dtype), trans_b=True)
+                db_below = K.act_backward_col_sums(d_below, a_in, act, one)
+            gemm(a_in, d, W, trans_a=True, alpha=-lr_, beta=one)
+            K.sgd_update(biases[i], db, lr_)
+            if i:
+                d, db = d_below, db_below
+        return dtype.type(total) / dtype.type(n)

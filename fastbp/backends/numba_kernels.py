@@ -1,0 +1,286 @@
+"""``@njit`` kernels for the numba backend: the element-wise and row-wise work around the BLAS products.
+
+Conventions that keep results equal to the NumPy reference:
+
+- Scalars arrive already cast to the arrays' dtype (a Python float or int
+  literal would promote float32 arithmetic to float64 inside numba).
+- Row loops run in parallel only above ``PARALLEL_MIN`` elements (a parallel
+  launch costs microseconds); the per-row work lives in a helper so the serial
+  and parallel loops share it.
+- Reductions across rows (losses, bias gradients) are summed in fixed-size row
+  chunks and then in chunk order, so the result does not depend on the number
+  of threads.
+
+Activations are coded as ``IDENTITY``, ``RELU``, ``SIGMOID``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+IDENTITY, RELU, SIGMOID = 0, 1, 2
+PARALLEL_MIN = 1 << 15
+CHUNK = 64
+
+
+# ------------------------------------------------------------ element-wise
+@njit(cache=True, inline="always")
+def _sigmoid(v, one):
+    # exp of a non-positive number only: no overflow in either branch.
+    if v >= 0:
+        return one / (one + np.exp(-v))
+    e = np.exp(v)
+    return e / (one + e)
+
+
+@njit(cache=True)
+def _act(v, act, one):
+    if act == RELU:
+        return v if v > 0 else one - one
+    if act == SIGMOID:
+        return _sigmoid(v, one)
+    return v
+
+
+@njit(cache=True)
+def _act_grad(a, act, one):
+    """The activation's derivative from its output ``a``."""
+    if act == RELU:
+        return one if a > 0 else one - one
+    if act == SIGMOID:
+        return a * (one - a)
+    return one
+
+
+@njit(cache=True)
+def _bias_act_row(z, b, act, one, i):
+    for j in range(z.shape[1]):
+        z[i, j] = _act(z[i, j] + b[j], act, one)
+
+
+@njit(cache=True, parallel=True)
+def bias_act_forward(z, b, act, one):
+    """In place: ``z = act(z + b)`` for a 2-D ``z`` (the output of a matrix product)."""
+    if z.size >= PARALLEL_MIN:
+        for i in prange(z.shape[0]):
+            _bias_act_row(z, b, act, one, i)
+    else:
+        for i in range(z.shape[0]):
+            _bias_act_row(z, b, act, one, i)
+
+
+@njit(cache=True)
+def _act_grad_chunk(d, a, act, one, partial, c):
+    """Rows ``c*CHUNK ...`` of ``d *= act'(a)``, and their column sums into ``partial[c]``."""
+    partial[c, :] = one - one
+    for i in range(c * CHUNK, min(c * CHUNK + CHUNK, d.shape[0])):
+        for j in range(d.shape[1]):
+            if act != IDENTITY:  # IDENTITY only reads d: the plain column sums
+                d[i, j] = d[i, j] * _act_grad(a[i, j], act, one)
+            partial[c, j] += d[i, j]
+
+
+@njit(cache=True)
+def _col_sums_serial(d, a, act, one):
+    n_chunks = (d.shape[0] + CHUNK - 1) // CHUNK
+    partial = np.empty((n_chunks, d.shape[1]), dtype=d.dtype)
+    for c in range(n_chunks):
+        _act_grad_chunk(d, a, act, one, partial, c)
+    return _sum_chunks(partial)
+
+
+@njit(cache=True)
+def _sum_chunks(partial):
+    out = partial[0].copy()
+    for c in range(1, partial.shape[0]):
+        out += partial[c]
+    return out
+
+
+@njit(cache=True, parallel=True)
+def act_backward_col_sums(d, a, act, one):
+    """In place ``d *= act'(a)`` (``a`` is the activation's output); returns ``d.sum(axis=0)``.
+
+    ReLU backward fused with the bias gradient of the layer below.  With
+    ``IDENTITY`` it is just the column sums (the bias gradient of any layer).
+    """
+    if d.size < PARALLEL_MIN:
+        return _col_sums_serial(d, a, act, one)
+    n_chunks = (d.shape[0] + CHUNK - 1) // CHUNK
+    partial = np.empty((n_chunks, d.shape[1]), dtype=d.dtype)
+    for c in prange(n_chunks):
+        _act_grad_chunk(d, a, act, one, partial, c)
+    return _sum_chunks(partial)
+
+
+@njit(cache=True)
+def _map_rows(x, out, act, one, start, stop):
+    for i in range(start, stop):
+        for j in range(x.shape[1]):
+            out[i, j] = _act(x[i, j], act, one)
+
+
+@njit(cache=True, parallel=True)
+def act_forward(x, out, act, one):
+    """``out = act(x)`` (any layout)."""
+    if x.size >= PARALLEL_MIN:
+        for i in prange(x.shape[0]):
+            _map_rows(x, out, act, one, i, i + 1)
+    else:
+        _map_rows(x, out, act, one, 0, x.shape[0])
+
+
+@njit(cache=True)
+def _grad_rows(dout, a, dx, act, one, start, stop):
+    for i in range(start, stop):
+        for j in range(dout.shape[1]):
+            dx[i, j] = dout[i, j] * _act_grad(a[i, j], act, one)
+
+
+@njit(cache=True, parallel=True)
+def act_backward(dout, a, dx, act, one):
+    """``dx = dout * act'(a)``; for ReLU ``a`` may be the mask or the output."""
+    if dout.size >= PARALLEL_MIN:
+        for i in prange(dout.shape[0]):
+            _grad_rows(dout, a, dx, act, one, i, i + 1)
+    else:
+        _grad_rows(dout, a, dx, act, one, 0, dout.shape[0])
+
+
+# ------------------------------------------------- softmax + cross-entropy
+@njit(cache=True)
+def _softmax_row(z, b, i, out):
+    """``out[i] = softmax(z[i] + b)``; returns (logsumexp of the shifted logits, the shift)."""
+    m = z[i, 0] + b[0]
+    for j in range(1, z.shape[1]):
+        m = max(m, z[i, j] + b[j])
+    s = m - m
+    for j in range(z.shape[1]):
+        e = np.exp(z[i, j] + b[j] - m)
+        out[i, j] = e
+        s += e
+    for j in range(z.shape[1]):
+        out[i, j] /= s
+    return np.log(s), m
+
+
+@njit(cache=True)
+def _xent_row(z, b, t, i, out, losses, scale, one):
+    """Row ``i`` of the loss; with ``scale != 0``, ``out[i]`` becomes ``(p - t) * scale``."""
+    lse, m = _softmax_row(z, b, i, out)
+    if t.ndim == 1:
+        k = t[i]
+        losses[i] = lse - (z[i, k] + b[k] - m)
+        if scale != 0:
+            out[i, k] -= one
+            for j in range(z.shape[1]):
+                out[i, j] *= scale
+    else:
+        loss = lse - lse
+        for j in range(z.shape[1]):
+            loss += t[i, j] * (lse - (z[i, j] + b[j] - m))
+            if scale != 0:
+                out[i, j] = (out[i, j] - t[i, j]) * scale
+        losses[i] = loss
+
+
+@njit(cache=True, parallel=True)
+def softmax_xent(z, b, t, out, scale, one):
+    """Sum over rows of the cross-entropy of ``softmax(z + b)`` against ``t``.
+
+    ``t`` is class indices ``(N,)`` or one-hot ``(N, C)``.  ``out`` receives the
+    probabilities, or with ``scale != 0`` the gradient ``(p - t) * scale``.
+    Per-row losses are summed after the loop (thread-count independent).
+    """
+    n = z.shape[0]
+    losses = np.empty(n, dtype=z.dtype)
+    if z.size >= PARALLEL_MIN:
+        for i in prange(n):
+            _xent_row(z, b, t, i, out, losses, scale, one)
+    else:
+        for i in range(n):
+            _xent_row(z, b, t, i, out, losses, scale, one)
+    return losses.sum()
+
+
+@njit(cache=True, parallel=True)
+def softmax_xent_backward(probs, t, dx, scale, one):
+    """``dx = (probs - onehot(t)) * scale``."""
+    for i in prange(probs.shape[0]):
+        for j in range(probs.shape[1]):
+            dx[i, j] = (probs[i, j] - (t[i, j] if t.ndim == 2 else
+                                       (one if t[i] == j else one - one))) * scale
+
+
+# --------------------------------------------------------------- updates
+@njit(cache=True, parallel=True)
+def sgd_update(param, grad, lr):
+    """In place on flat (1-D) views: ``param -= lr * grad``."""
+    if param.size >= PARALLEL_MIN:
+        for i in prange(param.size):
+            param[i] -= lr * grad[i]
+    else:
+        for i in range(param.size):
+            param[i] -= lr * grad[i]
+
+
+# ----------------------------------------------------- a whole tiny step
+@njit(cache=True)
+def tiny_mlp_sgd_step(x, t, W1, b1, W2, b2, act, lr, scale, one):
+    """One SGD step of Affine-act-Affine-softmax on a tiny net, in loops, no BLAS.
+
+    For nets like the 2-8-2 toy, calling BLAS five times costs more than the
+    arithmetic; this does forward, backward and the update in one call.
+    ``scale`` is ``1 / N`` in the arrays' dtype.  Returns the summed (not yet
+    averaged) loss, like :func:`softmax_xent`.
+    """
+    n, d_in = x.shape
+    d_hid, d_out = W2.shape
+    zero = one - one
+    h = np.empty((n, d_hid), dtype=x.dtype)
+    z = np.empty((n, d_out), dtype=x.dtype)
+    for i in range(n):
+        for j in range(d_hid):
+            s = zero
+            for k in range(d_in):
+                s += x[i, k] * W1[k, j]
+            h[i, j] = s
+    for i in range(n):
+        _bias_act_row(h, b1, act, one, i)
+    for i in range(n):
+        for c in range(d_out):
+            s = zero
+            for j in range(d_hid):
+                s += h[i, j] * W2[j, c]
+            z[i, c] = s
+    dy = np.empty_like(z)
+    losses = np.empty(n, dtype=x.dtype)
+    for i in range(n):
+        _xent_row(z, b2, t, i, dy, losses, scale, one)
+    dh = np.empty_like(h)
+    for i in range(n):
+        for j in range(d_hid):
+            s = zero
+            for c in range(d_out):
+                s += dy[i, c] * W2[j, c]
+            dh[i, j] = s
+    db2 = _col_sums_serial(dy, dy, IDENTITY, one)
+    db1 = _col_sums_serial(dh, h, act, one)
+    for j in range(d_hid):
+        for c in range(d_out):
+            s = zero
+            for i in range(n):
+                s += h[i, j] * dy[i, c]
+            W2[j, c] -= lr * s
+    for k in range(d_in):
+        for j in range(d_hid):
+            s = zero
+            for i in range(n):
+                s += x[i, k] * dh[i, j]
+            W1[k, j] -= lr * s
+    for c in range(d_out):
+        b2[c] -= lr * db2[c]
+    for j in range(d_hid):
+        b1[j] -= lr * db1[j]
+    return losses.sum()

@@ -23,7 +23,13 @@ try:
 except ImportError as exc:  # the registry turns this into an install hint
     raise ImportError(f"the numba backend needs numba and scipy ({exc.name} is missing)") from exc
 
-from fastbp.backends import numba_kernels as K
+# OpenMP's threads spin after a parallel loop and land on the cores that the
+# BLAS threads need next (a step ran 30x slower); numba's own work queue sleeps.
+# A layer the user chose with NUMBA_THREADING_LAYER is kept.
+if not os.environ.get("NUMBA_THREADING_LAYER"):
+    numba.config.THREADING_LAYER = "workqueue"
+
+from fastbp.backends import numba_kernels as K  # noqa: E402  (after the layer is chosen)
 from fastbp.backends.numpy_backend import NumpyBackend
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))

@@ -91,6 +91,16 @@ def _col_sums_serial(d, a, act, one):
 
 
 @njit(cache=True)
+def _sum(values):
+    """A plain loop: inside a ``parallel=True`` kernel ``values.sum()`` would become a
+    thread-count-dependent parallel reduction."""
+    total = values[0] - values[0]
+    for v in values:
+        total += v
+    return total
+
+
+@njit(cache=True)
 def _sum_chunks(partial):
     out = partial[0].copy()
     for c in range(1, partial.shape[0]):
@@ -201,7 +211,7 @@ def softmax_xent(z, b, t, out, scale, one):
     else:
         for i in range(n):
             _xent_row(z, b, t, i, out, losses, scale, one)
-    return losses.sum()
+    return _sum(losses)
 
 
 @njit(cache=True, parallel=True)
@@ -283,4 +293,4 @@ def tiny_mlp_sgd_step(x, t, W1, b1, W2, b2, act, lr, scale, one):
         b2[c] -= lr * db2[c]
     for j in range(d_hid):
         b1[j] -= lr * db1[j]
-    return losses.sum()
+    return _sum(losses)

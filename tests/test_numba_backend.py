@@ -1,0 +1,156 @@
+"""What only the numba backend promises: the fused step, BLAS routing, threads, caching, no-JIT runs."""
+
+import os
+import subprocess
+import sys
+
+import numpy
+import pytest
+
+import fastbp
+from conftest import assert_close
+
+if "numba" not in fastbp.available_backends():
+    pytest.skip("numba backend not installed (pip install 'fastbp[numba]')", allow_module_level=True)
+
+import numba  # noqa: E402
+
+from fastbp.backends import numba_backend, numba_kernels  # noqa: E402
+from fastbp.nets import MultiLayerNet  # noqa: E402
+from fastbp.optim import SGD  # noqa: E402
+
+NUMBA = fastbp.get_backend("numba")
+
+
+def _problem(sizes, batch, dtype, one_hot, seed=0):
+    rng = numpy.random.default_rng(seed)
+    x = rng.standard_normal((batch, sizes[0])).astype(dtype)
+    labels = rng.integers(0, sizes[-1], batch)
+    t = numpy.eye(sizes[-1], dtype=dtype)[labels] if one_hot else labels
+    return x, t
+
+
+@pytest.mark.parametrize("sizes, batch", [
+    ((2, 8, 2), 200),           # the tiny path: one compiled call, no BLAS
+    ((60, 40, 10), 64),         # BLAS path
+    ((50, 30, 20, 10), 48),     # deeper than two layers
+])
+@pytest.mark.parametrize("activation", ["relu", "sigmoid"])
+@pytest.mark.parametrize("one_hot", [False, True])
+def test_fused_step_matches_reference(sizes, batch, activation, one_hot, dtype):
+    x, t = _problem(sizes, batch, dtype, one_hot)
+    nets = [MultiLayerNet(sizes[0], list(sizes[1:-1]), sizes[-1], activation=activation,
+                          weight_init_std=0.3, seed=1, backend=name, dtype=dtype)
+            for name in ("numba", "numpy")]
+    for step in range(3):
+        losses = [net.train_step(x, t, SGD(lr=0.5)) for net in nets]
+        assert losses[0].dtype == numpy.dtype(dtype)
+        assert_close(losses[0], losses[1], dtype, f"loss at step {step}")
+    for key in nets[1].params:
+        assert nets[0].params[key].dtype == numpy.dtype(dtype)
+        assert_close(nets[0].params[key], nets[1].params[key], dtype, key)
+
+
+def test_every_product_of_a_step_goes_through_scipy_blas(monkeypatch):
+    """Five products for a two-layer step (the first layer's dx is skipped), all via one BLAS."""
+    calls = []
+    for dtype, routine in list(numba_backend._GEMM.items()):
+        def counting(*args, _routine=routine, **kwargs):
+            calls.append(_routine)
+            return _routine(*args, **kwargs)
+        monkeypatch.setitem(numba_backend._GEMM, dtype, counting)
+    x, t = _problem((60, 40, 10), 64, "float64", False)
+    net = MultiLayerNet(60, [40], 10, seed=0, backend="numba")
+    net.train_step(x, t, SGD(lr=0.1))
+    assert len(calls) == 5
+
+
+def test_layer_products_also_use_scipy_blas(monkeypatch):
+    calls = []
+    routine = numba_backend._GEMM[numpy.dtype("float64")]
+    monkeypatch.setitem(numba_backend._GEMM, numpy.dtype("float64"),
+                        lambda *a, **k: calls.append(1) or routine(*a, **k))
+    x, t = _problem((60, 40, 10), 64, "float64", False)
+    MultiLayerNet(60, [40], 10, seed=0, backend="numba").gradient(x, t)
+    assert len(calls) == 5
+
+
+def test_gemm_writes_in_place_without_copies():
+    rng = numpy.random.default_rng(0)
+    a, b = rng.standard_normal((7, 5)), rng.standard_normal((7, 3))
+    c = rng.standard_normal((5, 3))
+    expected = c - 0.5 * a.T @ b
+    result = numba_backend.gemm(a, b, c, trans_a=True, alpha=-0.5, beta=1.0)
+    assert result is c
+    numpy.testing.assert_allclose(c, expected, rtol=1e-12)
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    """Large enough for the parallel loops; reductions are chunked in a fixed order."""
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba was started with a single thread (NUMBA_NUM_THREADS=1)")
+    x, t = _problem((300, 256, 10), 512, "float32", False)
+    results = []
+    for threads in (1, 2):
+        numba.set_num_threads(threads)
+        try:
+            net = MultiLayerNet(300, [256], 10, seed=0, backend="numba", dtype="float32")
+            loss = net.train_step(x, t, SGD(lr=0.1))
+            grads = net.gradient(x, t)
+            results.append((loss, grads, net.params))
+        finally:
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    (loss1, grads1, params1), (loss2, grads2, params2) = results
+    assert loss1 == loss2
+    for key in params1:
+        numpy.testing.assert_array_equal(params1[key], params2[key])
+        numpy.testing.assert_array_equal(grads1[key], grads2[key])
+
+
+def test_every_kernel_is_cached():
+    dispatchers = [obj for obj in vars(numba_kernels).values()
+                   if isinstance(obj, numba.core.registry.CPUDispatcher)]
+    assert len(dispatchers) > 10
+    assert all(type(d._cache).__name__ == "FunctionCache" for d in dispatchers)
+
+
+def _run(code, **env):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, **env}, check=True).stdout
+
+
+def test_cache_honours_numba_cache_dir(tmp_path):
+    code = ("import numpy as np, fastbp\nfrom fastbp.nets import TwoLayerNet\n"
+            "from fastbp.optim import SGD\n"
+            "net = TwoLayerNet(2, 8, 2, seed=0, backend='numba')\n"
+            "net.train_step(np.ones((4, 2)), np.array([0, 1, 0, 1]), SGD(0.1))\n")
+    _run(code, NUMBA_CACHE_DIR=str(tmp_path))
+    assert any(p.suffix == ".nbi" for p in tmp_path.rglob("*"))
+
+
+def test_threading_layer_choice():
+    """The default is the sleeping work queue; a user's explicit choice is kept."""
+    code = "import fastbp, numba; fastbp.get_backend('numba'); print(numba.config.THREADING_LAYER)"
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True).stdout
+    assert out.strip() == "workqueue"
+    assert _run(code, NUMBA_THREADING_LAYER="safe").strip() == "safe"
+
+
+def test_info_reports_numba_details():
+    info = NUMBA.info()
+    assert info["numba"] == numba.__version__
+    assert info["threads"] >= 1 and info["threading_layer"] and info["cache_dir"]
+
+
+@pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1", reason="already without JIT")
+def test_suite_passes_without_jit():
+    """The kernels are correct Python too: the numba-backend tests pass with NUMBA_DISABLE_JIT=1."""
+    tests = os.path.dirname(__file__)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", "numba",
+         os.path.join(tests, "test_hot_paths.py"), os.path.join(tests, "test_nets.py"),
+         os.path.join(tests, "test_layers.py")],
+        capture_output=True, text=True, env={**os.environ, "NUMBA_DISABLE_JIT": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

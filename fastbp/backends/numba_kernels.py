@@ -34,7 +34,7 @@ def _sigmoid(v, one):
     return e / (one + e)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _act(v, act, one):
     if act == RELU:
         return v if v > 0 else one - one
@@ -43,7 +43,7 @@ def _act(v, act, one):
     return v
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _act_grad(a, act, one):
     """The activation's derivative from its output ``a``."""
     if act == RELU:
@@ -54,20 +54,21 @@ def _act_grad(a, act, one):
 
 
 @njit(cache=True)
-def _bias_act_row(z, b, act, one, i):
-    for j in range(z.shape[1]):
-        z[i, j] = _act(z[i, j] + b[j], act, one)
+def _bias_act_rows(z, b, act, one, start, stop):
+    for i in range(start, stop):
+        for j in range(z.shape[1]):
+            z[i, j] = _act(z[i, j] + b[j], act, one)
 
 
 @njit(cache=True, parallel=True)
 def bias_act_forward(z, b, act, one):
     """In place: ``z = act(z + b)`` for a 2-D ``z`` (the output of a matrix product)."""
+    n = z.shape[0]
     if z.size >= PARALLEL_MIN:
-        for i in prange(z.shape[0]):
-            _bias_act_row(z, b, act, one, i)
+        for c in prange((n + CHUNK - 1) // CHUNK):
+            _bias_act_rows(z, b, act, one, c * CHUNK, min(c * CHUNK + CHUNK, n))
     else:
-        for i in range(z.shape[0]):
-            _bias_act_row(z, b, act, one, i)
+        _bias_act_rows(z, b, act, one, 0, n)
 
 
 @njit(cache=True)
@@ -134,9 +135,10 @@ def _map_rows(x, out, act, one, start, stop):
 @njit(cache=True, parallel=True)
 def act_forward(x, out, act, one):
     """``out = act(x)`` (any layout)."""
+    n = x.shape[0]
     if x.size >= PARALLEL_MIN:
-        for i in prange(x.shape[0]):
-            _map_rows(x, out, act, one, i, i + 1)
+        for c in prange((n + CHUNK - 1) // CHUNK):
+            _map_rows(x, out, act, one, c * CHUNK, min(c * CHUNK + CHUNK, n))
     else:
         _map_rows(x, out, act, one, 0, x.shape[0])
 
@@ -151,66 +153,65 @@ def _grad_rows(dout, a, dx, act, one, start, stop):
 @njit(cache=True, parallel=True)
 def act_backward(dout, a, dx, act, one):
     """``dx = dout * act'(a)``; for ReLU ``a`` may be the mask or the output."""
+    n = dout.shape[0]
     if dout.size >= PARALLEL_MIN:
-        for i in prange(dout.shape[0]):
-            _grad_rows(dout, a, dx, act, one, i, i + 1)
+        for c in prange((n + CHUNK - 1) // CHUNK):
+            _grad_rows(dout, a, dx, act, one, c * CHUNK, min(c * CHUNK + CHUNK, n))
     else:
         _grad_rows(dout, a, dx, act, one, 0, dout.shape[0])
 
 
 # ------------------------------------------------- softmax + cross-entropy
 @njit(cache=True)
-def _softmax_row(z, b, i, out):
-    """``out[i] = softmax(z[i] + b)``; returns (logsumexp of the shifted logits, the shift)."""
-    m = z[i, 0] + b[0]
-    for j in range(1, z.shape[1]):
-        m = max(m, z[i, j] + b[j])
-    s = m - m
-    for j in range(z.shape[1]):
-        e = np.exp(z[i, j] + b[j] - m)
-        out[i, j] = e
-        s += e
-    for j in range(z.shape[1]):
-        out[i, j] /= s
-    return np.log(s), m
+def _xent_rows(z, b, t, out, losses, scale, one, start, stop):
+    """Rows ``start:stop`` of the loss of ``softmax(z + b)`` against ``t``.
 
-
-@njit(cache=True)
-def _xent_row(z, b, t, i, out, losses, scale, one):
-    """Row ``i`` of the loss; with ``scale != 0``, ``out[i]`` becomes ``(p - t) * scale``."""
-    lse, m = _softmax_row(z, b, i, out)
-    if t.ndim == 1:
-        k = t[i]
-        losses[i] = lse - (z[i, k] + b[k] - m)
-        if scale != 0:
-            out[i, k] -= one
-            for j in range(z.shape[1]):
-                out[i, j] *= scale
-    else:
-        loss = lse - lse
+    ``out`` receives the probabilities, or with ``scale != 0`` the gradient
+    ``(p - t) * scale``.  Rows at a time: a call per row would cost more than its work.
+    """
+    for i in range(start, stop):
+        m = z[i, 0] + b[0]
+        for j in range(1, z.shape[1]):
+            m = max(m, z[i, j] + b[j])
+        s = m - m
         for j in range(z.shape[1]):
-            loss += t[i, j] * (lse - (z[i, j] + b[j] - m))
+            e = np.exp(z[i, j] + b[j] - m)
+            out[i, j] = e
+            s += e
+        lse = np.log(s)
+        for j in range(z.shape[1]):
+            out[i, j] /= s
+        if t.ndim == 1:
+            k = t[i]
+            losses[i] = lse - (z[i, k] + b[k] - m)
             if scale != 0:
-                out[i, j] = (out[i, j] - t[i, j]) * scale
-        losses[i] = loss
+                out[i, k] -= one
+                for j in range(z.shape[1]):
+                    out[i, j] *= scale
+        else:
+            loss = lse - lse
+            for j in range(z.shape[1]):
+                loss += t[i, j] * (lse - (z[i, j] + b[j] - m))
+                if scale != 0:
+                    out[i, j] = (out[i, j] - t[i, j]) * scale
+            losses[i] = loss
 
 
 @njit(cache=True, parallel=True)
 def softmax_xent(z, b, t, out, scale, one):
     """Sum over rows of the cross-entropy of ``softmax(z + b)`` against ``t``.
 
-    ``t`` is class indices ``(N,)`` or one-hot ``(N, C)``.  ``out`` receives the
-    probabilities, or with ``scale != 0`` the gradient ``(p - t) * scale``.
-    Per-row losses are summed after the loop (thread-count independent).
+    ``t`` is class indices ``(N,)`` or one-hot ``(N, C)``; ``out`` as in
+    :func:`_xent_rows`.  Per-row losses are summed after the loop, so the
+    result does not depend on the thread count.
     """
     n = z.shape[0]
     losses = np.empty(n, dtype=z.dtype)
     if z.size >= PARALLEL_MIN:
-        for i in prange(n):
-            _xent_row(z, b, t, i, out, losses, scale, one)
+        for c in prange((n + CHUNK - 1) // CHUNK):
+            _xent_rows(z, b, t, out, losses, scale, one, c * CHUNK, min(c * CHUNK + CHUNK, n))
     else:
-        for i in range(n):
-            _xent_row(z, b, t, i, out, losses, scale, one)
+        _xent_rows(z, b, t, out, losses, scale, one, 0, n)
     return _sum(losses)
 
 
@@ -241,56 +242,55 @@ def tiny_mlp_sgd_step(x, t, W1, b1, W2, b2, act, lr, scale, one):
     """One SGD step of Affine-act-Affine-softmax on a tiny net, in loops, no BLAS.
 
     For nets like the 2-8-2 toy, calling BLAS five times costs more than the
-    arithmetic; this does forward, backward and the update in one call.
-    ``scale`` is ``1 / N`` in the arrays' dtype.  Returns the summed (not yet
-    averaged) loss, like :func:`softmax_xent`.
+    arithmetic: this runs forward, backward and the update in one call, one
+    sample at a time, with the gradients accumulated in small buffers.  Every
+    inner loop runs along the hidden units, so it vectorises.  ``t`` holds
+    class indices; ``scale`` is ``1 / N`` in the arrays' dtype.  Returns the
+    summed (not yet averaged) loss, like :func:`softmax_xent`.
     """
     n, d_in = x.shape
     d_hid, d_out = W2.shape
     zero = one - one
+    W2T = np.ascontiguousarray(W2.T)
     h = np.empty((n, d_hid), dtype=x.dtype)
-    z = np.empty((n, d_out), dtype=x.dtype)
+    z = np.zeros((n, d_out), dtype=x.dtype)
     for i in range(n):
-        for j in range(d_hid):
-            s = zero
-            for k in range(d_in):
-                s += x[i, k] * W1[k, j]
-            h[i, j] = s
-    for i in range(n):
-        _bias_act_row(h, b1, act, one, i)
-    for i in range(n):
-        for c in range(d_out):
-            s = zero
+        h[i] = b1
+        for k in range(d_in):
+            a = x[i, k]
             for j in range(d_hid):
-                s += h[i, j] * W2[j, c]
-            z[i, c] = s
-    dy = np.empty_like(z)
-    losses = np.empty(n, dtype=x.dtype)
-    for i in range(n):
-        _xent_row(z, b2, t, i, dy, losses, scale, one)
-    dh = np.empty_like(h)
-    for i in range(n):
+                h[i, j] += a * W1[k, j]
         for j in range(d_hid):
-            s = zero
-            for c in range(d_out):
-                s += dy[i, c] * W2[j, c]
-            dh[i, j] = s
-    db2 = _col_sums_serial(dy, dy, IDENTITY, one)
-    db1 = _col_sums_serial(dh, h, act, one)
-    for j in range(d_hid):
+            h[i, j] = _act(h[i, j], act, one)
         for c in range(d_out):
-            s = zero
-            for i in range(n):
-                s += h[i, j] * dy[i, c]
-            W2[j, c] -= lr * s
-    for k in range(d_in):
+            for j in range(d_hid):
+                z[i, c] += h[i, j] * W2T[c, j]
+    losses = np.empty(n, dtype=x.dtype)
+    dy = np.empty_like(z)
+    _xent_rows(z, b2, t, dy, losses, scale, one, 0, n)
+
+    g = np.empty(d_hid, dtype=x.dtype)
+    gW1 = np.zeros_like(W1)
+    gb1 = np.zeros_like(b1)
+    gW2T = np.zeros_like(W2T)
+    gb2 = np.zeros_like(b2)
+    for i in range(n):
+        g[:] = zero
+        for c in range(d_out):
+            a = dy[i, c]
+            gb2[c] += a
+            for j in range(d_hid):
+                g[j] += a * W2T[c, j]
+                gW2T[c, j] += a * h[i, j]
         for j in range(d_hid):
-            s = zero
-            for i in range(n):
-                s += x[i, k] * dh[i, j]
-            W1[k, j] -= lr * s
-    for c in range(d_out):
-        b2[c] -= lr * db2[c]
-    for j in range(d_hid):
-        b1[j] -= lr * db1[j]
+            g[j] *= _act_grad(h[i, j], act, one)
+            gb1[j] += g[j]
+        for k in range(d_in):
+            a = x[i, k]
+            for j in range(d_hid):
+                gW1[k, j] += a * g[j]
+    W1 -= lr * gW1
+    b1 -= lr * gb1
+    W2 -= lr * gW2T.T
+    b2 -= lr * gb2
     return _sum(losses)

@@ -110,7 +110,10 @@ class MultiLayerNet:
         if x.ndim < 2 or math.prod(x.shape[1:]) != self.input_size:
             raise ValueError(f"{where}: expected x of shape (N, {self.input_size}), "
                              f"received shape {tuple(x.shape)}")
-        x = x.reshape(x.shape[0], self.input_size).astype(self.dtype, copy=False)
+        if x.ndim != 2:
+            x = x.reshape(x.shape[0], self.input_size)
+        if x.dtype != self.dtype:
+            x = x.astype(self.dtype)
         if t is None:
             return x, None
         t = be.ensure_array(t, where)
@@ -120,9 +123,10 @@ class MultiLayerNet:
                 raise ValueError(f"{where}: class-index labels must be integers, received dtype {t.dtype}")
             if t.shape[0] != n:
                 raise ValueError(f"{where}: x has {n} rows but t has {t.shape[0]} labels")
-            if n and (int(t.min()) < 0 or int(t.max()) >= c):
+            low, high = be.label_range(t) if n else (0, 0)
+            if low < 0 or high >= c:
                 raise ValueError(f"{where}: labels must lie in [0, {c}), received values in "
-                                 f"[{int(t.min())}, {int(t.max())}]")
+                                 f"[{low}, {high}]")
         elif t.shape == (n, c):
             t = t.astype(self.dtype, copy=False)
         else:

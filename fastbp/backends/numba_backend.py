@@ -67,6 +67,12 @@ class NumbaBackend(NumpyBackend):
                 "threads": numba.get_num_threads(), "cache_dir": cache,
                 "blas": "SciPy's OpenBLAS (all products of a step)"}
 
+    def label_range(self, t):
+        if t.dtype.kind not in "iu" or t.ndim != 1:
+            return super().label_range(t)
+        low, high = K.label_range(t)
+        return int(low), int(high)
+
     # ----------------------------------------------------------------- affine
     def affine_forward(self, x, W, b):
         if not _floats(x, W, b):

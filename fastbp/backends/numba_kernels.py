@@ -224,6 +224,16 @@ def softmax_xent_backward(probs, t, dx, scale, one):
                                        (one if t[i] == j else one - one))) * scale
 
 
+@njit(cache=True)
+def label_range(t):
+    """Smallest and largest label in one pass (two NumPy reductions cost more on small batches)."""
+    low = high = t[0]
+    for v in t:
+        low = min(low, v)
+        high = max(high, v)
+    return low, high
+
+
 # --------------------------------------------------------------- updates
 @njit(cache=True, parallel=True)
 def sgd_update(param, grad, lr):

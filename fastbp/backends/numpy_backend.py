@@ -45,6 +45,10 @@ class NumpyBackend:
             )
         return numpy.asarray(x)
 
+    def label_range(self, t):
+        """``(smallest, largest)`` class index in ``t``, as Python ints (validation)."""
+        return int(t.min()), int(t.max())
+
     def info(self) -> dict:
         """Details reported by ``fastbp info``."""
         return {"device": self.device, "array_module": f"{self.xp.__name__} {self.xp.__version__}"}

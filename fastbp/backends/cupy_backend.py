@@ -153,8 +153,9 @@ class CupyBackend(NumpyBackend):
         device = cupy.cuda.Device()
         props = cupy.cuda.runtime.getDeviceProperties(device.id)
         free, total = device.mem_info
+        name = props["name"]
         return {**super().info(), "device": f"cuda:{device.id}",
-                "gpu": props["name"].decode() if isinstance(props["name"], bytes) else props["name"],
+                "gpu": name.decode() if isinstance(name, bytes) else name,
                 "memory": f"{total / 2**30:.1f} GiB ({free / 2**30:.1f} GiB free)",
                 "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion()}
 

@@ -153,15 +153,17 @@ class NumbaBackend(NumpyBackend):
     def mlp_sgd_step(self, x, t, weights, biases, activation, lr):
         dtype = x.dtype
         arrays = (*weights, *biases)
-        if not (_floats(x, *arrays) and all(a.flags.c_contiguous for a in arrays)):
+        if dtype not in _FLOATS or any(a.dtype != dtype for a in arrays):
             return super().mlp_sgd_step(x, t, weights, biases, activation, lr)
         n, act, one, lr_ = x.shape[0], _ACTIVATIONS[activation], dtype.type(1), dtype.type(lr)
         scale = one / dtype.type(n)
-        flops = n * sum(W.size for W in weights)
-        if len(weights) == 2 and t.ndim == 1 and flops <= TINY_STEP_FLOPS:
+        tiny = n * (weights[0].size + weights[-1].size) <= TINY_STEP_FLOPS
+        if len(weights) == 2 and t.ndim == 1 and tiny:
             total = K.tiny_mlp_sgd_step(x, t, weights[0], biases[0], weights[1], biases[1],
                                         act, lr_, scale, one)
             return dtype.type(total) / dtype.type(n)
+        if not all(a.flags.c_contiguous for a in arrays):  # BLAS updates them in place
+            return super().mlp_sgd_step(x, t, weights, biases, activation, lr)
 
         # forward: each product, then bias + activation in place
         acts = [np.ascontiguousarray(x)]

@@ -1,4 +1,4 @@
-"""``@njit`` kernels for the numba backend: the element-wise and row-wise work around the BLAS products.
+"""``@njit`` kernels for the numba backend: the element-wise and row-wise work around BLAS.
 
 Conventions that keep results equal to the NumPy reference:
 

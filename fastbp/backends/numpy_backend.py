@@ -12,6 +12,8 @@ is in place.
 
 from __future__ import annotations
 
+import math
+
 import numpy
 
 
@@ -106,10 +108,96 @@ class NumpyBackend:
         dx /= n
         return dx
 
+    # -------------------------------------------------------------- batchnorm
+    def batchnorm_forward(self, x, gamma, beta, running_mean, running_var, momentum, eps,
+                          train_flg):
+        """Return ``(out, xn, inv_std)`` for 2-D ``x``: ``out = gamma * xn + beta``.
+
+        Training normalises by the batch statistics (biased variance) and folds
+        them into the running ones in place, ``r = momentum * r + (1 - momentum)
+        * batch``; inference normalises by the running statistics.
+        """
+        if train_flg:
+            mean = x.mean(axis=0)
+            xc = x - mean
+            var = (xc * xc).mean(axis=0)
+            running_mean *= momentum
+            running_mean += (1 - momentum) * mean
+            running_var *= momentum
+            running_var += (1 - momentum) * var
+        else:
+            xc, var = x - running_mean, running_var
+        inv_std = 1 / self.xp.sqrt(var + eps)
+        xn = xc * inv_std
+        return gamma * xn + beta, xn, inv_std
+
+    def batchnorm_backward(self, dout, xn, inv_std, gamma, train_flg):
+        """Return ``(dx, dgamma, dbeta)`` of the forward pass that made ``xn`` and ``inv_std``.
+
+        In training the batch statistics depend on ``x``, which gives the
+        compact form ``dx = gamma * inv_std * (dout - mean(dout) - xn *
+        mean(dout * xn))``; in inference they are constants.
+        """
+        dbeta = dout.sum(axis=0)
+        dgamma = (dout * xn).sum(axis=0)
+        if not train_flg:
+            return dout * (gamma * inv_std), dgamma, dbeta
+        n = dout.shape[0]
+        return (gamma * inv_std / n) * (n * dout - dbeta - xn * dgamma), dgamma, dbeta
+
     # ------------------------------------------------------------- optimizers
+    # Hyper-parameters arrive as Python numbers, which keep float32 arrays
+    # float32 (a NumPy float64 scalar would promote the temporaries).
     def sgd_update(self, param, grad, lr):
         """In place: ``param -= lr * grad``."""
         param -= lr * grad
+
+    def momentum_update(self, param, grad, velocity, lr, momentum):
+        """In place: ``velocity = momentum * velocity - lr * grad; param += velocity``."""
+        velocity *= momentum
+        velocity -= lr * grad
+        param += velocity
+
+    def nesterov_update(self, param, grad, velocity, lr, momentum):
+        """In place: the momentum step, then ``param += momentum * velocity - lr * grad``.
+
+        PyTorch's Nesterov (``SGD(nesterov=True)``) in the textbook's velocity form.
+        """
+        step = lr * grad
+        velocity *= momentum
+        velocity -= step
+        param -= step
+        param += momentum * velocity
+
+    def adagrad_update(self, param, grad, h, lr, eps):
+        """In place: ``h += grad**2; param -= lr * grad / (sqrt(h) + eps)``."""
+        h += grad * grad
+        self._scaled_step(param, grad, h, lr, eps)
+
+    def rmsprop_update(self, param, grad, h, lr, decay_rate, eps):
+        """In place: ``h = decay_rate * h + (1 - decay_rate) * grad**2``, then AdaGrad's step."""
+        h *= decay_rate
+        h += (1 - decay_rate) * (grad * grad)
+        self._scaled_step(param, grad, h, lr, eps)
+
+    def adam_update(self, param, grad, m, v, lr, beta1, beta2, step, eps):
+        """In place: Adam's moments and bias-corrected step; ``step`` counts from 1.
+
+        PyTorch adds ``eps`` to ``sqrt(v / (1 - beta2**step))``; multiplying
+        through by ``sqrt(1 - beta2**step)`` gives the textbook's ``lr_t`` form.
+        """
+        m *= beta1
+        m += (1 - beta1) * grad
+        v *= beta2
+        v += (1 - beta2) * (grad * grad)
+        root = math.sqrt(1 - beta2 ** step)
+        self._scaled_step(param, m, v, lr * root / (1 - beta1 ** step), eps * root)
+
+    def _scaled_step(self, param, direction, second_moment, lr, eps):
+        """In place: ``param -= lr * direction / (sqrt(second_moment) + eps)``."""
+        denom = self.xp.sqrt(second_moment)
+        denom += eps
+        param -= lr * direction / denom
 
     # ------------------------------------------------------- the whole step
     def mlp_sgd_step(self, x, t, weights, biases, activation, lr):

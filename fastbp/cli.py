@@ -115,6 +115,13 @@ def build_parser():
     check.add_argument("--tol", type=_positive_float, default=1e-6,
                        help="largest relative error that passes (default 1e-6)")
     check.set_defaults(run=cmd_gradcheck)
+
+    from fastbp.benchmarks import command as bench_command  # light: the suites load when run
+
+    bench = commands.add_parser("bench", help="benchmarks: backprop vs numerical gradients, "
+                                "train step vs peers, kernels, start-up")
+    bench_command.add_arguments(bench)
+    bench.set_defaults(run=bench_command.run)
     return parser
 
 

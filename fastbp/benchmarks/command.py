@@ -1,0 +1,108 @@
+"""``fastbp bench``: its arguments, a fresh process free of BLAS pins, and the run.
+
+``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` are read once, when OpenBLAS
+loads, and a pinned core type can halve the speed of every matrix product.
+The benchmarks measure what a user's machine does, so when either is set the
+run restarts itself in a fresh process without them, unless
+``--keep-blas-env`` says the pins are what is to be measured.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+from fastbp.backends import BACKEND_NAMES
+from fastbp.benchmarks import SUITES
+
+BLAS_PINS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+#: set in the restarted process: the pins its parent removed, as JSON
+UNSET_VARIABLE = "FASTBP_BENCH_UNSET_BLAS_ENV"
+DTYPES = ("float64", "float32")
+
+
+def add_arguments(parser):
+    parser.add_argument("--suite", choices=(*SUITES, "all"), default="all",
+                        help="which suite to run (default: all)")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer shapes and repeats: all suites in about a minute")
+    parser.add_argument("--backend", choices=BACKEND_NAMES, action="append",
+                        help="a fastbp backend to measure (repeat for more; default: every "
+                             "available one)")
+    parser.add_argument("--dtype", choices=DTYPES, action="append",
+                        help="a dtype to measure (repeat for both; default: both)")
+    parser.add_argument("--json", metavar="PATH", help="write the raw results and the machine")
+    parser.add_argument("--plot", metavar="DIR", help="draw PNG plots into DIR (matplotlib)")
+    parser.add_argument("--keep-blas-env", action="store_true",
+                        help=f"measure with {' and '.join(BLAS_PINS)} as set, instead of "
+                             "restarting without them")
+
+
+def _argv(args) -> list:
+    """The command line that reproduces ``args``."""
+    argv = ["--suite", args.suite] + (["--quick"] if args.quick else [])
+    for flag, values in (("--backend", args.backend), ("--dtype", args.dtype)):
+        for value in values or ():
+            argv += [flag, value]
+    for flag, value in (("--json", args.json), ("--plot", args.plot)):
+        if value:
+            argv += [flag, value]
+    return argv + (["--keep-blas-env"] if args.keep_blas_env else [])
+
+
+def run(args) -> int:
+    import fastbp
+
+    pins = {k: os.environ[k] for k in BLAS_PINS if k in os.environ}
+    if pins and not args.keep_blas_env:
+        shown = " ".join(f"{k}={v}" for k, v in pins.items())
+        print(f"fastbp bench: restarting without {shown} (it pins OpenBLAS's kernels; "
+              "--keep-blas-env keeps it)", file=sys.stderr, flush=True)
+        env = {k: v for k, v in os.environ.items() if k not in BLAS_PINS}
+        env[UNSET_VARIABLE] = json.dumps(pins)
+        return subprocess.call([sys.executable, "-m", "fastbp", "bench", *_argv(args)], env=env)
+    unset = json.loads(os.environ.pop(UNSET_VARIABLE, "{}"))
+
+    from fastbp.benchmarks.settings import Settings
+    from fastbp.sysinfo import machine_info
+
+    backends = list(dict.fromkeys(args.backend or fastbp.available_backends()))
+    for name in backends:
+        fastbp.get_backend(name)  # an unavailable one ends the run here, with its install hint
+    settings = Settings(backends=backends, dtypes=list(dict.fromkeys(args.dtype or DTYPES)),
+                        quick=args.quick)
+    suites = list(SUITES) if args.suite == "all" else [args.suite]
+    command = " ".join(["fastbp", "bench", *_argv(args)])
+    settings.progress("bench", f"{command}: backends {', '.join(backends)}, dtypes "
+                      f"{', '.join(settings.dtypes)}")
+    if pins and args.keep_blas_env:
+        print(f"note: measured with {pins} as set (--keep-blas-env)\n")
+
+    started, clock = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
+    results = {}
+    for suite in suites:
+        module = importlib.import_module(f"fastbp.benchmarks.{SUITES[suite]}")
+        results[suite] = module.run(settings)
+        print(module.table(results[suite]), flush=True)
+
+    record = {"command": command, "started": started.isoformat(timespec="seconds"),
+              "duration_s": time.perf_counter() - clock, "quick": settings.quick,
+              "backends": backends, "dtypes": settings.dtypes,
+              "blas_env": {"unset": unset, "kept": pins if args.keep_blas_env else {}},
+              "machine": machine_info(), "results": results}
+    if args.json:
+        from fastbp.benchmarks.report import write_json
+
+        write_json(args.json, record)
+        print(f"results: {args.json}")
+    if args.plot:
+        from fastbp.benchmarks import plots
+
+        for path in plots.draw(results, args.plot):
+            print(f"plot: {path}")
+    return 0

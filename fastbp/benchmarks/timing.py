@@ -1,0 +1,137 @@
+"""Interleaved timing: every contender is measured in the same stretch of time.
+
+These machines drift by tens of percent within a minute (clock boost,
+neighbours on shared cores).  Timing contender A for a minute and then B
+compares two different machines; alternating short rounds A B C A B C ... and
+taking each contender's median puts the drift into all of them alike, so the
+ratios within one run hold even when the absolute times do not.
+
+A short sleep before each round keeps the previous contender's thread pool
+(OpenBLAS, OpenMP and XLA threads spin for a while after their work ends) off
+the cores the next contender needs.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Contender:
+    """A named zero-argument callable to time.
+
+    ``sync`` waits for queued device work (GPU contenders): it runs before the
+    clock starts and before it is read, so every call's device work lies
+    inside the timed window.  ``before`` is an untimed call made before every
+    timed call (to set up a condition, such as another library's busy thread
+    pool); a contender with ``before`` is timed call by call.
+    """
+
+    name: str
+    fn: Callable[[], object]
+    sync: Callable[[], object] | None = None
+    before: Callable[[], object] | None = None
+
+
+@dataclass
+class Timing:
+    """Per-call seconds of one contender: one sample per round."""
+
+    name: str
+    calls_per_round: int
+    samples: list = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def spread(self) -> float:
+        """Interquartile range relative to the median: the run's own noise."""
+        if len(self.samples) < 4:
+            return 0.0
+        q1, _, q3 = statistics.quantiles(self.samples, n=4)
+        return (q3 - q1) / self.median
+
+    def as_dict(self) -> dict:
+        return {"median_s": self.median, "spread": self.spread,
+                "calls_per_round": self.calls_per_round, "samples_s": self.samples}
+
+
+def run_round(contender: Contender, calls: int) -> float:
+    """Seconds spent in ``calls`` timed calls of ``contender``."""
+    fn, sync, before = contender.fn, contender.sync, contender.before
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        if before is None:
+            if sync:
+                sync()
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            if sync:
+                sync()
+            return time.perf_counter() - start
+        total = 0.0
+        for _ in range(calls):
+            before()
+            if sync:
+                sync()
+            start = time.perf_counter()
+            fn()
+            if sync:
+                sync()
+            total += time.perf_counter() - start
+        return total
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def calibrate(contender: Contender, round_s: float, warmup: int = 2) -> int:
+    """Number of calls that makes one round of ``contender`` last about ``round_s``."""
+    for _ in range(warmup):
+        run_round(contender, 1)
+    calls = 1
+    while True:
+        elapsed = run_round(contender, calls)
+        if elapsed >= round_s / 4:
+            return max(1, round(calls * round_s / elapsed))
+        calls *= 2 if elapsed > round_s / 64 else 8
+
+
+def interleaved(contenders, rounds: int, round_s: float = 0.03, pause_s: float = 0.015) -> dict:
+    """Median per-call time of each contender over ``rounds`` interleaved rounds.
+
+    Each contender is warmed up and calibrated first; then the rounds visit
+    the contenders in order, A B C A B C ..., sleeping ``pause_s`` before each.
+    Returns ``{name: Timing}`` in the contenders' order.
+    """
+    contenders = list(contenders)
+    timings = {}
+    for c in contenders:
+        if c.name in timings:
+            raise ValueError(f"interleaved: two contenders are named {c.name!r}")
+        timings[c.name] = Timing(c.name, calibrate(c, round_s))
+    for _ in range(rounds):
+        for c in contenders:
+            time.sleep(pause_s)
+            timing = timings[c.name]
+            timing.samples.append(run_round(c, timing.calls_per_round) / timing.calls_per_round)
+    return timings
+
+
+def time_once(fn: Callable[[], object], sync: Callable[[], object] | None = None) -> float:
+    """Seconds taken by one call: for operations long enough to time alone."""
+    if sync:
+        sync()
+    start = time.perf_counter()
+    fn()
+    if sync:
+        sync()
+    return time.perf_counter() - start

@@ -130,3 +130,95 @@ class IdentityWithLoss:
 
     def backward(self, dout=1):
         return (self.y - self.t) * (dout / self.y.shape[0])
+
+
+def check_number(owner, argument, value, expected, ok):
+    """``value`` as a float when ``ok(value)``, else a ValueError naming owner, argument,
+    ``expected`` and the value received.  Shared by the layers and the optimizers."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not ok(number):
+        raise ValueError(f"{owner}: {argument} must be {expected}, received {value!r}")
+    return number
+
+
+class Dropout:
+    """Inverted dropout: training zeroes each unit with probability ``dropout_ratio``
+    and scales the kept ones by ``1 / (1 - dropout_ratio)``, so inference is the
+    identity and the expected activation is the same in both modes.
+
+    The mask is drawn from the backend's generator seeded by ``seed``.  With
+    ``fixed_mask = True`` a training forward reuses the last mask whenever
+    its shape fits, which makes the loss deterministic for gradient checks.
+    """
+
+    def __init__(self, dropout_ratio=0.5, backend=None, seed=None):
+        self.dropout_ratio = check_number("Dropout", "dropout_ratio", dropout_ratio, "in [0, 1)",
+                                          lambda r: 0 <= r < 1)
+        self.backend = get_backend(backend)
+        self.rng = self.backend.rng(seed)
+        self.mask = None  # the kept units, already scaled; backward multiplies by it
+        self.fixed_mask = False
+
+    def forward(self, x, train_flg=True):
+        if not train_flg:
+            self.mask = None
+            return x
+        if not (self.fixed_mask and self.mask is not None and self.mask.shape == x.shape):
+            keep = self.rng.random(x.shape) >= self.dropout_ratio
+            self.mask = keep.astype(x.dtype)
+            self.mask *= 1 / (1 - self.dropout_ratio)
+        return x * self.mask
+
+    def backward(self, dout):
+        return dout if self.mask is None else dout * self.mask
+
+
+class BatchNorm:
+    """Normalise each feature over the batch, then ``gamma * xn + beta`` (DLFS BatchNormalization).
+
+    Training (``train_flg=True``) uses the batch statistics and updates
+    ``running_mean`` and ``running_var`` in place (``r = momentum * r + (1 -
+    momentum) * batch``), so arrays shared with a net's ``buffers`` follow;
+    inference uses the running statistics.  They start at 0 and 1 (the
+    textbook starts the variance at 0, which makes early inference outputs
+    explode).  ``eps`` is the textbook's ``10e-7``.  Inputs of any rank are
+    flattened to ``(N, features)``; ``backward`` stores ``dgamma`` and ``dbeta``.
+    """
+
+    def __init__(self, gamma, beta, momentum=0.9, running_mean=None, running_var=None,
+                 backend=None, eps=1e-6):
+        self.backend = get_backend(backend)
+        self.momentum = check_number("BatchNorm", "momentum", momentum, "in [0, 1]",
+                                     lambda m: 0 <= m <= 1)
+        self.eps = check_number("BatchNorm", "eps", eps, "> 0", lambda e: e > 0)
+        xp = self.backend.xp
+        running_mean = xp.zeros_like(gamma) if running_mean is None else running_mean
+        running_var = xp.ones_like(gamma) if running_var is None else running_var
+        shapes = [tuple(a.shape) for a in (gamma, beta, running_mean, running_var)]
+        if len(shapes[0]) != 1 or len(set(shapes)) != 1:
+            raise ValueError("BatchNorm: gamma, beta, running_mean and running_var must be 1-D "
+                             f"of one shape, received {', '.join(map(str, shapes))}")
+        self.gamma, self.beta = gamma, beta
+        self.running_mean, self.running_var = running_mean, running_var
+        self.input_shape = self.xn = self.inv_std = self.train_flg = None
+        self.dgamma = self.dbeta = None
+
+    def forward(self, x, train_flg=True):
+        self.input_shape = x.shape
+        x = x.reshape(x.shape[0], -1)
+        if x.shape[1] != self.gamma.shape[0]:
+            raise ValueError(f"BatchNorm.forward: expected inputs with {self.gamma.shape[0]} "
+                             f"features, received shape {tuple(self.input_shape)}")
+        self.train_flg = train_flg
+        out, self.xn, self.inv_std = self.backend.batchnorm_forward(
+            x, self.gamma, self.beta, self.running_mean, self.running_var, self.momentum,
+            self.eps, train_flg)
+        return out.reshape(self.input_shape)
+
+    def backward(self, dout):
+        dx, self.dgamma, self.dbeta = self.backend.batchnorm_backward(
+            dout.reshape(self.xn.shape), self.xn, self.inv_std, self.gamma, self.train_flg)
+        return dx.reshape(self.input_shape)

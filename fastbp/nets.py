@@ -8,18 +8,21 @@ seed gives the same starting net on every backend and dtype.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy
 
 from fastbp.backends import get_backend
 from fastbp.gradcheck import numerical_gradient
-from fastbp.layers import Affine, ReLU, Sigmoid, SoftmaxWithLoss
+from fastbp.layers import Affine, BatchNorm, Dropout, ReLU, Sigmoid, SoftmaxWithLoss, check_number
 from fastbp.optim import SGD
 
 _ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid}
 _INIT_SCALES = {"relu": 2.0, "he": 2.0, "sigmoid": 1.0, "xavier": 1.0}
 _DTYPES = ("float64", "float32")
+#: layers whose forward depends on train_flg
+_MODE_LAYERS = (Dropout, BatchNorm)
 
 
 def float_dtype(owner, dtype):
@@ -39,46 +42,69 @@ def _check_choice(owner, argument, value, choices):
 
 
 class MultiLayerNet:
-    """Affine -> activation -> ... -> Affine -> SoftmaxWithLoss, any depth.
+    """Affine -> [BatchNorm] -> activation -> [Dropout] -> ... -> Affine -> SoftmaxWithLoss.
 
     ``weight_init_std`` is a number, "he"/"relu" (sqrt(2/n_in)) or
     "xavier"/"sigmoid" (sqrt(1/n_in)).  ``weight_decay_lambda`` adds
     ``lambda/2 * sum(||W||^2)`` to the loss and ``lambda * W`` to each dW.
+    ``use_batchnorm`` adds a BatchNorm after every hidden Affine (parameters
+    ``gamma{i}``, ``beta{i}``; running statistics in ``buffers`` as
+    ``running_mean{i}``, ``running_var{i}``); ``use_dropout`` adds an inverted
+    Dropout after every hidden activation, its masks seeded from ``seed``.
+    Both act by mode: ``train_flg=True`` (``loss``, ``gradient``,
+    ``train_step``) uses batch statistics, updates the running ones and drops
+    units; ``train_flg=False`` (``predict``, ``accuracy``) is deterministic.
     """
 
     def __init__(self, input_size, hidden_size_list, output_size, activation="relu",
-                 weight_init_std="relu", weight_decay_lambda=0.0, seed=None,
-                 backend=None, dtype="float64"):
+                 weight_init_std="relu", weight_decay_lambda=0.0, use_dropout=False,
+                 dropout_ratio=0.5, use_batchnorm=False, seed=None, backend=None,
+                 dtype="float64"):
         name = type(self).__name__
         _check_choice(name, "activation", activation, _ACTIVATIONS)
         sizes = [input_size, *hidden_size_list, output_size]
         if not all(isinstance(s, (int, numpy.integer)) and s > 0 for s in sizes):
             raise ValueError(f"{name}: layer sizes must be positive integers, received {sizes}")
-        if weight_decay_lambda < 0:
-            raise ValueError(f"{name}: weight_decay_lambda must be >= 0, received {weight_decay_lambda}")
+        self.weight_decay_lambda = check_number(name, "weight_decay_lambda", weight_decay_lambda,
+                                                ">= 0", lambda v: v >= 0)
+        self.dropout_ratio = check_number(name, "dropout_ratio", dropout_ratio, "in [0, 1)",
+                                          lambda r: 0 <= r < 1)
+        self.use_dropout, self.use_batchnorm = bool(use_dropout), bool(use_batchnorm)
         self.backend = get_backend(backend)
         self.dtype = float_dtype(name, dtype)
         self.input_size, self.output_size = int(input_size), int(output_size)
         self.hidden_size_list = [int(s) for s in hidden_size_list]
         self.activation = activation
-        self.weight_decay_lambda = float(weight_decay_lambda)
 
         host_rng = numpy.random.default_rng(seed)
         self.params = {}
+        #: non-trainable state saved with checkpoints (BatchNorm running statistics)
+        self.buffers = {}
         for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
             scale = self._init_scale(weight_init_std, n_in)
             W = scale * host_rng.standard_normal((n_in, n_out))
             self.params[f"W{i}"] = self.backend.asarray(W, dtype=self.dtype)
-            self.params[f"b{i}"] = self.backend.asarray(numpy.zeros(n_out), dtype=self.dtype)
-        #: non-trainable state saved with checkpoints (BatchNorm running statistics)
-        self.buffers = {}
-        self._build_layers()
+            self.params[f"b{i}"] = self._filled(n_out, 0)
+            if self.use_batchnorm and i < len(sizes) - 1:
+                self.params[f"gamma{i}"] = self._filled(n_out, 1)
+                self.params[f"beta{i}"] = self._filled(n_out, 0)
+                self.buffers[f"running_mean{i}"] = self._filled(n_out, 0)
+                self.buffers[f"running_var{i}"] = self._filled(n_out, 1)
+        # drawn after the weights, so the same seed gives the same weights with or without dropout
+        dropout_seeds = host_rng.integers(2**63, size=len(self.hidden_size_list))
+        self._build_layers([int(s) for s in dropout_seeds])
+
+    def _filled(self, n, value):
+        """A length-``n`` array of ``value`` on the net's backend and dtype."""
+        return self.backend.asarray(numpy.full(n, value), dtype=self.dtype)
 
     def config(self) -> dict:
         """The architecture: what a checkpoint must match to be loaded into this net."""
         return {"input_size": self.input_size, "hidden_size_list": list(self.hidden_size_list),
                 "output_size": self.output_size, "activation": self.activation,
-                "dtype": self.dtype.name}
+                "use_dropout": self.use_dropout, "dropout_ratio": self.dropout_ratio,
+                "use_batchnorm": self.use_batchnorm,
+                "weight_decay_lambda": self.weight_decay_lambda, "dtype": self.dtype.name}
 
     @staticmethod
     def _init_scale(weight_init_std, n_in):
@@ -92,14 +118,21 @@ class MultiLayerNet:
         """Number of Affine layers."""
         return len(self.hidden_size_list) + 1
 
-    def _build_layers(self):
+    def _build_layers(self, dropout_seeds):
+        be, p = self.backend, self.params
         self.layers = {}
         for i in range(1, self.n_layers + 1):
-            self.layers[f"Affine{i}"] = Affine(self.params[f"W{i}"], self.params[f"b{i}"],
-                                               self.backend, need_dx=i > 1)
-            if i < self.n_layers:
-                self.layers[f"Activation{i}"] = _ACTIVATIONS[self.activation](self.backend)
-        self.last_layer = SoftmaxWithLoss(self.backend)
+            self.layers[f"Affine{i}"] = Affine(p[f"W{i}"], p[f"b{i}"], be, need_dx=i > 1)
+            if i == self.n_layers:
+                break
+            if self.use_batchnorm:
+                self.layers[f"BatchNorm{i}"] = BatchNorm(
+                    p[f"gamma{i}"], p[f"beta{i}"], running_mean=self.buffers[f"running_mean{i}"],
+                    running_var=self.buffers[f"running_var{i}"], backend=be)
+            self.layers[f"Activation{i}"] = _ACTIVATIONS[self.activation](be)
+            if self.use_dropout:
+                self.layers[f"Dropout{i}"] = Dropout(self.dropout_ratio, be, dropout_seeds[i - 1])
+        self.last_layer = SoftmaxWithLoss(be)
 
     # ------------------------------------------------------------- validation
     def _prepare(self, x, t=None, where="forward"):
@@ -137,7 +170,7 @@ class MultiLayerNet:
     # ---------------------------------------------------------------- forward
     def _predict(self, x, train_flg=False):
         for layer in self.layers.values():
-            x = layer.forward(x)
+            x = layer.forward(x, train_flg) if isinstance(layer, _MODE_LAYERS) else layer.forward(x)
         return x
 
     def _weight_decay(self):
@@ -155,7 +188,12 @@ class MultiLayerNet:
         return self._predict(x, train_flg)
 
     def loss(self, x, t, train_flg=True):
-        """Batch-mean cross-entropy plus the weight-decay term, as a 0-d array."""
+        """Batch-mean cross-entropy plus the weight-decay term, as a 0-d array.
+
+        ``train_flg=True`` is the training objective that ``gradient``
+        differentiates (it draws dropout masks and updates BatchNorm running
+        statistics); pass False for a deterministic evaluation.
+        """
         x, t = self._prepare(x, t, where="loss")
         return self._loss(x, t, train_flg)
 
@@ -179,6 +217,9 @@ class MultiLayerNet:
             affine = self.layers[f"Affine{i}"]
             grads[f"W{i}"] = affine.dW + lam * affine.W if lam else affine.dW
             grads[f"b{i}"] = affine.db
+            if f"BatchNorm{i}" in self.layers:
+                batchnorm = self.layers[f"BatchNorm{i}"]
+                grads[f"gamma{i}"], grads[f"beta{i}"] = batchnorm.dgamma, batchnorm.dbeta
         return loss, grads
 
     def gradient(self, x, t):
@@ -187,15 +228,37 @@ class MultiLayerNet:
         return self._loss_and_gradient(x, t)[1]
 
     def numerical_gradient(self, x, t, h=1e-4):
-        """Central-difference gradients (slow: two forward passes per parameter)."""
+        """Central-difference gradients (slow: two forward passes per parameter).
+
+        Dropout layers keep the masks of the last training forward pass (so
+        the result compares with the ``gradient`` just before), and BatchNorm
+        running statistics are restored afterwards.
+        """
         x, t = self._prepare(x, t, where="numerical_gradient")
-        return {key: numerical_gradient(lambda _: self._loss(x, t), param, h)
-                for key, param in self.params.items()}
+        with self._repeatable_training_passes():
+            return {key: numerical_gradient(lambda _: self._loss(x, t), param, h)
+                    for key, param in self.params.items()}
+
+    @contextlib.contextmanager
+    def _repeatable_training_passes(self):
+        """Fixed dropout masks inside; BatchNorm running statistics as before, after."""
+        dropouts = [layer for layer in self.layers.values() if isinstance(layer, Dropout)]
+        fixed = [layer.fixed_mask for layer in dropouts]
+        saved = {key: buffer.copy() for key, buffer in self.buffers.items()}
+        for layer in dropouts:
+            layer.fixed_mask = True
+        try:
+            yield
+        finally:
+            for layer, was_fixed in zip(dropouts, fixed):
+                layer.fixed_mask = was_fixed
+            for key, buffer in self.buffers.items():
+                buffer[...] = saved[key]
 
     def _fused_step_applies(self, optimizer):
         """Plain SGD on a plain net: the backend may run the whole step as one fused call."""
         return (type(optimizer) is SGD and not getattr(optimizer, "clip_norm", None)
-                and not self.weight_decay_lambda)
+                and not (self.weight_decay_lambda or self.use_dropout or self.use_batchnorm))
 
     def train_step(self, x, t, optimizer):
         """Forward, backward and an in-place update; returns the loss (0-d array)."""

@@ -1,19 +1,62 @@
 """Optimizers with the textbook contract: ``update(params, grads)`` changes ``params`` in place.
 
-The arithmetic is the backend's fused update kernel.  ``update`` checks every
-key and shape before it touches anything, so a bad call changes nothing.
+The arithmetic is the backend's fused, in-place update kernel; an optimizer
+holds only hyper-parameters and per-parameter state.  The state arrays
+(``v``, ``h``, ``m``) are dicts keyed like ``params``, created lazily as
+zeros like each parameter (same backend, same dtype), as in the textbook.
+
+``update`` checks every key and shape, and the shape of any state already
+held, before it touches anything, so a bad call changes neither the params
+nor the optimizer.  Every optimizer takes ``clip_norm``: the grads are then
+scaled, as one, to a global L2 norm of at most ``clip_norm`` before the
+update (as ``torch.nn.utils.clip_grad_norm_``); the scaled grads are copies,
+the caller's arrays are never modified.
+
+Each optimizer equals PyTorch's of the same name (same defaults, ``eps``
+included) on the same sequence of gradients, to rounding.
 """
 
 from __future__ import annotations
 
 from fastbp.backends import get_backend
+from fastbp.layers import check_number
+
+__all__ = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "clip_by_global_norm"]
+
+
+def _positive(owner, argument, value):
+    return check_number(type(owner).__name__, argument, value, "> 0", lambda v: v > 0)
+
+
+def _fraction(owner, argument, value):
+    return check_number(type(owner).__name__, argument, value, "in [0, 1)", lambda v: 0 <= v < 1)
+
+
+def clip_by_global_norm(grads, max_norm, backend=None):
+    """``grads`` scaled as one so their global L2 norm is at most ``max_norm``.
+
+    The rule of ``torch.nn.utils.clip_grad_norm_``: scale by
+    ``max_norm / (norm + 1e-6)`` when that is below 1.  Returns new arrays
+    when it scales, and ``grads`` itself when it does not.
+    """
+    xp = get_backend(backend).xp
+    norms = [xp.linalg.norm(g) for g in grads.values()]
+    norm = float(xp.linalg.norm(xp.stack(norms))) if norms else 0.0  # one device sync
+    scale = max_norm / (norm + 1e-6)
+    return {key: g * scale for key, g in grads.items()} if scale < 1 else grads
 
 
 class Optimizer:
-    def __init__(self, lr):
-        if not lr > 0:
-            raise ValueError(f"{type(self).__name__}: lr must be > 0, received {lr!r}")
-        self.lr = float(lr)
+    """Validation, clipping and lazy state; subclasses call one backend kernel per parameter."""
+
+    #: names of the per-parameter state dicts, each ``{key: array like params[key]}``
+    state_names: tuple = ()
+
+    def __init__(self, lr, clip_norm=None):
+        self.lr = _positive(self, "lr", lr)
+        self.clip_norm = None if clip_norm is None else _positive(self, "clip_norm", clip_norm)
+        for name in self.state_names:
+            setattr(self, name, {})
 
     def update(self, params, grads, backend=None):
         """Update ``params`` in place from ``grads`` (dicts with the same keys and shapes).
@@ -23,6 +66,8 @@ class Optimizer:
         """
         self._check(params, grads)
         backend = get_backend(backend)
+        if self.clip_norm is not None:
+            grads = clip_by_global_norm(grads, self.clip_norm, backend)
         for key in params:
             self._update_one(backend, key, params[key], grads[key])
 
@@ -35,6 +80,19 @@ class Optimizer:
             if grads[key].shape != param.shape:
                 raise ValueError(f"{name}: grads[{key!r}] must have shape {tuple(param.shape)}, "
                                  f"received {tuple(grads[key].shape)}")
+            for state in self.state_names:
+                held = getattr(self, state).get(key)
+                if held is not None and held.shape != param.shape:
+                    raise ValueError(f"{name}: params[{key!r}] must keep the shape "
+                                     f"{tuple(held.shape)} this optimizer's state was made "
+                                     f"for, received {tuple(param.shape)}; use a new optimizer")
+
+    def _state(self, backend, name, key, param):
+        """The state array ``self.<name>[key]``, created as zeros like ``param`` on first use."""
+        store = getattr(self, name)
+        if key not in store:
+            store[key] = backend.xp.zeros_like(param)
+        return store[key]
 
     def _update_one(self, backend, key, param, grad):
         raise NotImplementedError
@@ -43,8 +101,99 @@ class Optimizer:
 class SGD(Optimizer):
     """Plain stochastic gradient descent: ``param -= lr * grad``."""
 
-    def __init__(self, lr=0.01):
-        super().__init__(lr)
+    def __init__(self, lr=0.01, clip_norm=None):
+        super().__init__(lr, clip_norm)
 
     def _update_one(self, backend, key, param, grad):
         backend.sgd_update(param, grad, self.lr)
+
+
+class Momentum(Optimizer):
+    """Heavy-ball momentum, the textbook's ``v = momentum * v - lr * grad; param += v``.
+
+    For a constant ``lr`` this is ``torch.optim.SGD(momentum=momentum)``
+    (torch's buffer is ``-v / lr``).
+    """
+
+    state_names = ("v",)
+
+    def __init__(self, lr=0.01, momentum=0.9, clip_norm=None):
+        super().__init__(lr, clip_norm)
+        self.momentum = _fraction(self, "momentum", momentum)
+
+    def _update_one(self, backend, key, param, grad):
+        backend.momentum_update(param, grad, self._state(backend, "v", key, param), self.lr,
+                                self.momentum)
+
+
+class Nesterov(Momentum):
+    """Nesterov momentum as ``torch.optim.SGD(momentum=momentum, nesterov=True)``.
+
+    ``v = momentum * v - lr * grad; param += momentum * v - lr * grad``.  The
+    DLFS book's Nesterov class scales the new ``v`` by ``momentum**2`` and the
+    gradient by ``1 + momentum``, which is not the same update; this one
+    follows PyTorch.
+    """
+
+    def _update_one(self, backend, key, param, grad):
+        backend.nesterov_update(param, grad, self._state(backend, "v", key, param), self.lr,
+                                self.momentum)
+
+
+class AdaGrad(Optimizer):
+    """``h += grad**2; param -= lr * grad / (sqrt(h) + eps)``, as ``torch.optim.Adagrad``.
+
+    ``eps`` defaults to torch's 1e-10 (the textbook adds 1e-7).
+    """
+
+    state_names = ("h",)
+
+    def __init__(self, lr=0.01, eps=1e-10, clip_norm=None):
+        super().__init__(lr, clip_norm)
+        self.eps = _positive(self, "eps", eps)
+
+    def _update_one(self, backend, key, param, grad):
+        backend.adagrad_update(param, grad, self._state(backend, "h", key, param), self.lr,
+                               self.eps)
+
+
+class RMSprop(Optimizer):
+    """``h = decay_rate * h + (1 - decay_rate) * grad**2; param -= lr * grad / (sqrt(h) + eps)``.
+
+    Equals ``torch.optim.RMSprop(alpha=decay_rate)``; ``eps`` defaults to
+    torch's 1e-8 (the textbook adds 1e-7).
+    """
+
+    state_names = ("h",)
+
+    def __init__(self, lr=0.01, decay_rate=0.99, eps=1e-8, clip_norm=None):
+        super().__init__(lr, clip_norm)
+        self.decay_rate = _fraction(self, "decay_rate", decay_rate)
+        self.eps = _positive(self, "eps", eps)
+
+    def _update_one(self, backend, key, param, grad):
+        backend.rmsprop_update(param, grad, self._state(backend, "h", key, param), self.lr,
+                               self.decay_rate, self.eps)
+
+
+class Adam(Optimizer):
+    """Adam with bias correction, as ``torch.optim.Adam`` (``eps`` added after the correction).
+
+    ``step[key]`` counts the updates of each parameter, so a parameter that
+    joins late still gets the correction for its own first step.
+    """
+
+    state_names = ("m", "v")
+
+    def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8, clip_norm=None):
+        super().__init__(lr, clip_norm)
+        self.beta1 = _fraction(self, "beta1", beta1)
+        self.beta2 = _fraction(self, "beta2", beta2)
+        self.eps = _positive(self, "eps", eps)
+        self.step = {}
+
+    def _update_one(self, backend, key, param, grad):
+        self.step[key] = self.step.get(key, 0) + 1
+        backend.adam_update(param, grad, self._state(backend, "m", key, param),
+                            self._state(backend, "v", key, param), self.lr, self.beta1,
+                            self.beta2, self.step[key], self.eps)

@@ -1,14 +1,15 @@
+import math
 import warnings
 
 import numpy
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from conftest import assert_close, host
 from fastbp.gradcheck import numerical_gradient, rel_error
-from fastbp.layers import (AddLayer, Affine, IdentityWithLoss, MulLayer, ReLU, Sigmoid,
-                           SoftmaxWithLoss)
+from fastbp.layers import (AddLayer, Affine, BatchNorm, Dropout, IdentityWithLoss, MulLayer,
+                           ReLU, Sigmoid, SoftmaxWithLoss)
 
 
 # ------------------------------------------------------- the worked examples
@@ -184,3 +185,147 @@ def test_identity_loss_accepts_class_indices(backend):
     layer = IdentityWithLoss(backend)
     loss = layer.forward(backend.asarray([[1.0, 0.0], [0.0, 0.0]]), backend.asarray([0, 1]))
     assert float(loss) == pytest.approx(0.25)  # only the second row misses, by 1
+
+
+# ------------------------------------------------------------------- Dropout
+@pytest.mark.parametrize("ratio", [0.0, 0.2, 0.5, 0.9])
+def test_dropout_keeps_the_expected_mean(backend, dtype, ratio):
+    """Inverted scaling: kept units become x / (1 - ratio), so the mean stays x."""
+    x = backend.asarray(numpy.full((400, 250), 2.0), dtype=dtype)
+    out = host(Dropout(ratio, backend, seed=0).forward(x))
+    assert out.dtype == numpy.dtype(dtype)
+    kept = out != 0
+    numpy.testing.assert_allclose(out[kept], 2.0 / (1 - ratio), rtol=1e-6)
+    sigma = math.sqrt(ratio * (1 - ratio) / out.size)  # of the fraction dropped
+    assert abs((1 - kept.mean()) - ratio) < 5 * sigma + 1e-12
+    assert abs(out.mean() - 2.0) < 5 * 2.0 * sigma / (1 - ratio) + 1e-12
+
+
+def test_dropout_inference_is_the_identity(backend):
+    x = backend.asarray(numpy.random.default_rng(0).standard_normal((5, 4)))
+    layer = Dropout(0.5, backend, seed=0)
+    numpy.testing.assert_array_equal(host(layer.forward(x, train_flg=False)), host(x))
+    dout = backend.asarray(numpy.ones((5, 4)))
+    numpy.testing.assert_array_equal(host(layer.backward(dout)), numpy.ones((5, 4)))
+
+
+def test_dropout_masks_are_seeded_and_can_be_fixed(backend):
+    x = backend.asarray(numpy.ones((20, 30)))
+    a, b = Dropout(0.5, backend, seed=3), Dropout(0.5, backend, seed=3)
+    first = host(a.forward(x))
+    numpy.testing.assert_array_equal(first, host(b.forward(x)))
+    assert not numpy.array_equal(first, host(a.forward(x)))  # a new mask each pass
+    a.fixed_mask = True
+    fixed = host(a.forward(x))
+    numpy.testing.assert_array_equal(fixed, host(a.forward(x)))
+    assert host(a.forward(backend.asarray(numpy.ones((2, 30))))).shape == (2, 30)  # new shape
+
+
+@settings(max_examples=15, deadline=None)
+@given(shape=shapes, ratio=st.floats(0, 0.9), seed=st.integers(0, 2**16))
+def test_dropout_backward_matches_numerical(backend, shape, ratio, seed):
+    rng = numpy.random.default_rng(seed)
+    x, dout = (backend.asarray(rng.standard_normal(shape)) for _ in range(2))
+    layer = Dropout(ratio, backend, seed=seed)
+    layer.forward(x)
+    layer.fixed_mask = True
+    _check_backward(layer.forward, layer.backward, x, dout)
+
+
+@pytest.mark.parametrize("ratio", [1.0, -0.1, "half", None])
+def test_dropout_ratio_must_be_a_fraction(ratio):
+    with pytest.raises(ValueError, match=r"Dropout: dropout_ratio must be in \[0, 1\), received"):
+        Dropout(ratio)
+
+
+# ----------------------------------------------------------------- BatchNorm
+def _batchnorm(backend, d, dtype="float64", seed=0, momentum=0.9):
+    rng = numpy.random.default_rng(seed)
+    gamma, beta = (backend.asarray(rng.standard_normal(d), dtype=dtype) for _ in range(2))
+    return BatchNorm(gamma, beta, momentum=momentum, backend=backend)
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(2, 12), d=st.integers(1, 8), seed=st.integers(0, 2**16))
+def test_batchnorm_training_normalises_and_updates_running_stats(backend, n, d, seed):
+    rng = numpy.random.default_rng(seed)
+    x = rng.standard_normal((n, d)) * 4 + 3
+    layer = _batchnorm(backend, d, seed=seed, momentum=0.8)
+    out = host(layer.forward(backend.asarray(x)))
+    gamma, beta, var = host(layer.gamma), host(layer.beta), x.var(axis=0)
+    numpy.testing.assert_allclose(out.mean(axis=0), beta, atol=1e-10)
+    expected_std = numpy.abs(gamma) * numpy.sqrt(var / (var + 1e-6))
+    numpy.testing.assert_allclose(out.std(axis=0), expected_std, rtol=1e-8, atol=1e-10)
+    numpy.testing.assert_allclose(host(layer.running_mean), 0.2 * x.mean(axis=0), rtol=1e-12)
+    numpy.testing.assert_allclose(host(layer.running_var), 0.8 + 0.2 * var, rtol=1e-12)
+
+
+def test_batchnorm_inference_uses_the_running_stats(backend, dtype):
+    rng = numpy.random.default_rng(0)
+    layer = _batchnorm(backend, 3, dtype)
+    mean, var = numpy.array([1.0, -2.0, 0.5]), numpy.array([4.0, 0.25, 1.0])
+    layer.running_mean[...] = backend.asarray(mean)
+    layer.running_var[...] = backend.asarray(var)
+    x = rng.standard_normal((5, 3))
+    out = host(layer.forward(backend.asarray(x, dtype=dtype), train_flg=False))
+    expected = host(layer.gamma) * (x - mean) / numpy.sqrt(var + 1e-6) + host(layer.beta)
+    assert out.dtype == numpy.dtype(dtype)
+    assert_close(out, expected, dtype, "inference")
+    assert_close(layer.running_mean, mean, dtype, "running_mean unchanged")
+    assert_close(layer.running_var, var, dtype, "running_var unchanged")
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(2, 6), d=st.integers(1, 5), seed=st.integers(0, 2**16),
+       train_flg=st.booleans())
+def test_batchnorm_backward_matches_numerical(backend, n, d, seed, train_flg):
+    rng = numpy.random.default_rng(seed)
+    x, dout = rng.standard_normal((n, d)) * 2, rng.standard_normal((n, d))
+    # a feature of small batch variance bends sharply: keep h well below its spread
+    assume(x.var(axis=0).min() > 1e-2)
+    x, dout = backend.asarray(x), backend.asarray(dout)
+    layer = _batchnorm(backend, d, seed=seed, momentum=1.0)  # running stats stay put
+    layer.running_var[...] = backend.asarray(rng.random(d) + 0.5)
+
+    def forward(_):
+        return float((layer.forward(x, train_flg) * dout).sum())
+
+    layer.forward(x, train_flg)
+    dx = layer.backward(dout)
+    for array, analytic in ((x, dx), (layer.gamma, layer.dgamma), (layer.beta, layer.dbeta)):
+        numeric = numerical_gradient(forward, array, h=1e-5)
+        assert (rel_error(analytic, numeric) < 1e-6
+                or numpy.abs(host(analytic) - host(numeric)).max() < 1e-8)
+
+
+def test_batchnorm_flattens_image_batches(backend):
+    layer = _batchnorm(backend, 12)
+    x = backend.asarray(numpy.random.default_rng(0).standard_normal((4, 3, 2, 2)))
+    assert layer.forward(x).shape == (4, 3, 2, 2)
+    assert layer.backward(backend.asarray(numpy.ones((4, 3, 2, 2)))).shape == (4, 3, 2, 2)
+    assert layer.dgamma.shape == (12,)
+
+
+def test_batchnorm_keeps_float32(backend):
+    layer = _batchnorm(backend, 4, "float32")
+    out = layer.forward(backend.asarray(numpy.ones((3, 4)), dtype="float32"))
+    layer.backward(out)
+    assert all(a.dtype == numpy.float32 for a in (out, layer.running_mean, layer.running_var,
+                                                   layer.dgamma, layer.dbeta))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"momentum": 1.5}, r"BatchNorm: momentum must be in \[0, 1\], received 1.5"),
+    ({"eps": 0}, "BatchNorm: eps must be > 0, received 0"),
+    ({"beta": numpy.zeros(4)}, r"must be 1-D of one shape, received \(3,\), \(4,\), \(3,\), \(3,\)"),
+    ({"running_var": numpy.ones((3, 1))}, r"received \(3,\), \(3,\), \(3,\), \(3, 1\)"),
+])
+def test_batchnorm_refuses_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        BatchNorm(**{"gamma": numpy.ones(3), "beta": numpy.zeros(3), **kwargs})
+
+
+def test_batchnorm_rejects_wrong_feature_count(backend):
+    with pytest.raises(ValueError, match=r"BatchNorm.forward: expected inputs with 3 features, "
+                                         r"received shape \(4, 5\)"):
+        _batchnorm(backend, 3).forward(backend.asarray(numpy.ones((4, 5))))

@@ -4,9 +4,9 @@ import pytest
 import fastbp
 from conftest import BACKENDS, assert_close, host
 from fastbp.data import make_toy
-from fastbp.gradcheck import directional_check, gradient_check
+from fastbp.gradcheck import directional_check, gradient_check, rel_error
 from fastbp.nets import MultiLayerNet, TwoLayerNet
-from fastbp.optim import SGD
+from fastbp.optim import SGD, Adam
 
 
 def _batch(n=8, d=20, c=5, seed=1):
@@ -161,3 +161,156 @@ def test_gpu_arrays_are_refused_by_host_backends():
 
     with pytest.raises(TypeError, match="fastbp.to_numpy"):
         TwoLayerNet(4, 3, 2).predict(FakeGpuArray())
+
+
+# ------------------------------------------------- dropout, batchnorm, weight decay
+COMBINATIONS = [(act, dropout, batchnorm, lam) for act in ("relu", "sigmoid")
+                for dropout in (False, True) for batchnorm in (False, True) for lam in (0.0, 0.1)]
+
+
+def _extended(backend, activation="relu", dropout=True, batchnorm=True, lam=0.0, dtype="float64",
+              seed=0):
+    return MultiLayerNet(6, [5, 4], 3, activation=activation, weight_init_std=1.0,
+                         weight_decay_lambda=lam, use_dropout=dropout, use_batchnorm=batchnorm,
+                         seed=seed, backend=backend, dtype=dtype)
+
+
+@pytest.mark.parametrize("activation, dropout, batchnorm, lam", COMBINATIONS)
+def test_gradient_check_passes_for_every_option(backend, activation, dropout, batchnorm, lam):
+    """numerical_gradient keeps gradient's dropout masks; BatchNorm runs in training mode."""
+    net = _extended(backend, activation, dropout, batchnorm, lam)
+    rng = numpy.random.default_rng(2)
+    for i in (1, 2, 3):  # off zero, so a fully dropped row cannot sit on a ReLU kink
+        net.params[f"b{i}"][...] = backend.asarray(rng.uniform(0.1, 0.5, net.params[f"b{i}"].shape))
+    x, t = (backend.asarray(a) for a in _batch(10, 6, 3))
+    backprop, numeric = net.gradient(x, t), net.numerical_gradient(x, t)
+    assert set(backprop) == set(numeric) == set(net.params)
+    for key in backprop:
+        if batchnorm and key in ("b1", "b2"):  # a BatchNorm cancels the bias before it
+            assert float(abs(host(backprop[key])).max()) < 1e-12
+            assert float(abs(host(numeric[key])).max()) < 1e-8
+        else:
+            assert rel_error(backprop[key], numeric[key]) < 1e-6, key
+
+
+def test_weight_decay_adds_to_loss_and_gradient(backend):
+    x, t = (backend.asarray(a) for a in _batch(10, 6, 3))
+    plain = _extended(backend, dropout=False, lam=0.0)
+    decayed = _extended(backend, dropout=False, lam=0.3)
+    squares = sum(float((host(plain.params[f"W{i}"]) ** 2).sum()) for i in (1, 2, 3))
+    assert float(decayed.loss(x, t)) == pytest.approx(float(plain.loss(x, t)) + 0.15 * squares,
+                                                     rel=1e-12)
+    grads, plain_grads = decayed.gradient(x, t), plain.gradient(x, t)
+    for key, g in plain_grads.items():
+        extra = 0.3 * host(plain.params[key]) if key.startswith("W") else 0
+        assert_close(grads[key], host(g) + extra, "float64", key)
+
+
+def test_extended_net_names_parameters_and_buffers_like_the_textbook(backend, dtype):
+    net = _extended(backend, dtype=dtype)
+    assert {k: tuple(v.shape) for k, v in net.params.items()} == {
+        "W1": (6, 5), "b1": (5,), "gamma1": (5,), "beta1": (5,), "W2": (5, 4), "b2": (4,),
+        "gamma2": (4,), "beta2": (4,), "W3": (4, 3), "b3": (3,)}
+    assert {k: tuple(v.shape) for k, v in net.buffers.items()} == {
+        "running_mean1": (5,), "running_var1": (5,), "running_mean2": (4,), "running_var2": (4,)}
+    assert all(a.dtype == numpy.dtype(dtype) for a in (*net.params.values(), *net.buffers.values()))
+    assert list(net.layers) == ["Affine1", "BatchNorm1", "Activation1", "Dropout1", "Affine2",
+                                "BatchNorm2", "Activation2", "Dropout2", "Affine3"]
+    assert net.config() == {"input_size": 6, "hidden_size_list": [5, 4], "output_size": 3,
+                            "activation": "relu", "use_dropout": True, "dropout_ratio": 0.5,
+                            "use_batchnorm": True, "weight_decay_lambda": 0.0, "dtype": dtype}
+
+
+def test_same_seed_same_weights_with_or_without_the_options():
+    plain = MultiLayerNet(6, [5, 4], 3, seed=4)
+    extended = MultiLayerNet(6, [5, 4], 3, seed=4, use_dropout=True, use_batchnorm=True)
+    for key, value in plain.params.items():
+        numpy.testing.assert_array_equal(extended.params[key], value)
+
+
+def test_running_stats_update_in_training_and_serve_inference(backend):
+    net = _extended(backend, dropout=False)
+    x, t = (backend.asarray(a) for a in _batch(10, 6, 3))
+    before = _snapshot(net) | {k: host(v).copy() for k, v in net.buffers.items()}
+    predicted = host(net.predict(x)).copy()
+    assert all(numpy.array_equal(host(net.buffers[k]), before[k]) for k in net.buffers)
+    net.loss(x, t)  # training mode
+    assert not numpy.allclose(host(net.buffers["running_mean1"]), before["running_mean1"])
+    assert not numpy.allclose(host(net.predict(x)), predicted)  # inference follows the buffers
+    for key in net.buffers:  # as a checkpoint load does: in place, through the dict
+        net.buffers[key][...] = backend.asarray(before[key])
+    numpy.testing.assert_allclose(host(net.predict(x)), predicted, rtol=1e-12)
+
+
+def test_numerical_gradient_leaves_buffers_and_masks_as_they_were(backend):
+    net = _extended(backend)
+    x, t = (backend.asarray(a) for a in _batch(10, 6, 3))
+    net.gradient(x, t)
+    buffers = {k: host(v).copy() for k, v in net.buffers.items()}
+    net.numerical_gradient(x, t)
+    for key, value in buffers.items():
+        numpy.testing.assert_array_equal(host(net.buffers[key]), value)
+    assert not any(net.layers[f"Dropout{i}"].fixed_mask for i in (1, 2))
+
+
+def test_inference_is_deterministic_and_training_is_not(backend):
+    net = _extended(backend, batchnorm=False)
+    x = backend.asarray(_batch(10, 6, 3)[0])
+    numpy.testing.assert_array_equal(host(net.predict(x)), host(net.predict(x)))
+    assert not numpy.array_equal(host(net.predict(x, train_flg=True)),
+                                 host(net.predict(x, train_flg=True)))
+
+
+@pytest.mark.parametrize("dropout, batchnorm", [(True, False), (False, True), (True, True)])
+def test_train_step_with_options_equals_gradient_then_update(backend, dtype, dropout, batchnorm):
+    """Same seed, same masks; and the fused plain-SGD step must not skip the extra layers."""
+    x, t = (backend.asarray(a) for a in _batch(10, 6, 3))
+    stepped, manual = (_extended(backend, dropout=dropout, batchnorm=batchnorm, lam=0.1,
+                                 dtype=dtype, seed=5) for _ in range(2))
+    for _ in range(2):
+        loss = stepped.train_step(x, t, SGD(lr=0.1))
+        expected_loss, grads = manual._loss_and_gradient(*manual._prepare(x, t))
+        SGD(lr=0.1).update(manual.params, grads)
+        assert_close(loss, expected_loss, dtype, "loss")
+    for key in manual.params:
+        assert_close(stepped.params[key], manual.params[key], dtype, key)
+    for key in manual.buffers:
+        assert_close(stepped.buffers[key], manual.buffers[key], dtype, key)
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid"])
+def test_batchnorm_net_agrees_with_the_reference(backend, dtype, activation):
+    x, t = _batch(10, 6, 3)
+    ours = _extended(backend, activation, dropout=False, lam=0.1, dtype=dtype, seed=3)
+    ref = _extended("numpy", activation, dropout=False, lam=0.1, dtype=dtype, seed=3)
+    assert_close(ours.loss(backend.asarray(x), backend.asarray(t)), ref.loss(x, t), dtype, "loss")
+    grads, ref_grads = ours.gradient(backend.asarray(x), backend.asarray(t)), ref.gradient(x, t)
+    for key in ref_grads:
+        assert grads[key].dtype == numpy.dtype(dtype)
+        if key in ("b1", "b2"):  # zero up to rounding: the BatchNorm after it cancels it
+            assert float(abs(host(grads[key])).max()) < 1e-6
+        else:
+            assert_close(grads[key], ref_grads[key], dtype, key)
+    for key in ref.buffers:
+        assert_close(ours.buffers[key], ref.buffers[key], dtype, key)
+    assert_close(ours.predict(backend.asarray(x)), ref.predict(x), dtype, "predict")
+
+
+def test_seeded_dropout_training_is_reproducible(backend):
+    x, t = (backend.asarray(a) for a in _batch(10, 6, 3))
+    runs = []
+    for _ in range(2):
+        net, opt = _extended(backend, seed=9), Adam(lr=0.01)
+        runs.append([float(net.train_step(x, t, opt)) for _ in range(3)] + [_snapshot(net)])
+    assert runs[0][:3] == runs[1][:3]
+    for key, value in runs[0][3].items():
+        numpy.testing.assert_array_equal(runs[1][3][key], value)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"dropout_ratio": 1}, r"dropout_ratio must be in \[0, 1\), received 1"),
+    ({"weight_decay_lambda": -0.1}, "weight_decay_lambda must be >= 0, received -0.1"),
+])
+def test_bad_option_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=f"MultiLayerNet: {message}"):
+        MultiLayerNet(4, [3], 2, **kwargs)

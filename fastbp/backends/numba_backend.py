@@ -13,6 +13,7 @@ to the reference implementation.
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -54,6 +55,20 @@ def _floats(*arrays):
     """True when the kernels handle these arrays: one float dtype, 2-D first argument."""
     dtype = arrays[0].dtype
     return dtype in _FLOATS and arrays[0].ndim == 2 and all(a.dtype == dtype for a in arrays)
+
+
+def _fused_update(kind, arrays, constants):
+    """Run optimizer update ``kind`` on flat views of ``arrays`` (param, grad, state...).
+
+    Returns False, changing nothing, when the arrays are not one float dtype
+    and C-contiguous (the caller then runs the reference).
+    """
+    dtype = arrays[0].dtype
+    if dtype not in _FLOATS or not all(a.dtype == dtype and a.flags.c_contiguous for a in arrays):
+        return False
+    flat = [a.reshape(-1) for a in arrays] + [arrays[0].reshape(-1)] * (4 - len(arrays))
+    K.optimizer_update(kind, *flat, np.array(constants, dtype=dtype))
+    return True
 
 
 class NumbaBackend(NumpyBackend):
@@ -143,11 +158,33 @@ class NumbaBackend(NumpyBackend):
         return dx
 
     # ------------------------------------------------------------- optimizers
+    # Each runs the fused kernel when it can, else the reference.
     def sgd_update(self, param, grad, lr):
-        if param.dtype not in _FLOATS or not (param.flags.c_contiguous and grad.flags.c_contiguous
-                                             and grad.dtype == param.dtype):
-            return super().sgd_update(param, grad, lr)
-        K.sgd_update(param.reshape(-1), grad.reshape(-1), param.dtype.type(lr))
+        if not _fused_update(K.SGD, (param, grad), (lr,)):
+            super().sgd_update(param, grad, lr)
+
+    def momentum_update(self, param, grad, velocity, lr, momentum):
+        if not _fused_update(K.MOMENTUM, (param, grad, velocity), (lr, momentum)):
+            super().momentum_update(param, grad, velocity, lr, momentum)
+
+    def nesterov_update(self, param, grad, velocity, lr, momentum):
+        if not _fused_update(K.NESTEROV, (param, grad, velocity), (lr, momentum)):
+            super().nesterov_update(param, grad, velocity, lr, momentum)
+
+    def adagrad_update(self, param, grad, h, lr, eps):
+        if not _fused_update(K.ADAGRAD, (param, grad, h), (lr, eps)):
+            super().adagrad_update(param, grad, h, lr, eps)
+
+    def rmsprop_update(self, param, grad, h, lr, decay_rate, eps):
+        constants = (lr, eps, decay_rate, 1 - decay_rate)
+        if not _fused_update(K.RMSPROP, (param, grad, h), constants):
+            super().rmsprop_update(param, grad, h, lr, decay_rate, eps)
+
+    def adam_update(self, param, grad, m, v, lr, beta1, beta2, step, eps):
+        root = math.sqrt(1 - beta2 ** step)  # the bias corrections, folded as the reference does
+        constants = (lr * root / (1 - beta1 ** step), eps * root, beta1, 1 - beta1, beta2, 1 - beta2)
+        if not _fused_update(K.ADAM, (param, grad, m, v), constants):
+            super().adam_update(param, grad, m, v, lr, beta1, beta2, step, eps)
 
     # ------------------------------------------------------ the whole SGD step
     def mlp_sgd_step(self, x, t, weights, biases, activation, lr):
@@ -184,7 +221,7 @@ class NumbaBackend(NumpyBackend):
                 d_below = gemm(d, W, np.empty(a_in.shape, dtype=dtype), trans_b=True)
                 db_below = K.act_backward_col_sums(d_below, a_in, act, one)
             gemm(a_in, d, W, trans_a=True, alpha=-lr_, beta=one)
-            K.sgd_update(biases[i], db, lr_)
+            self.sgd_update(biases[i], db, lr_)
             if i:
                 d, db = d_below, db_below
         return dtype.type(total) / dtype.type(n)

@@ -235,15 +235,49 @@ def label_range(t):
 
 
 # --------------------------------------------------------------- updates
+SGD, MOMENTUM, NESTEROV, ADAGRAD, RMSPROP, ADAM = range(6)
+
+
+@njit(cache=True)
+def _update_span(kind, p, g, s1, s2, c, start, stop):
+    """Elements ``start:stop`` of one optimizer update, in place on flat arrays.
+
+    ``s1``/``s2`` are the optimizer's state (velocity, h, or Adam's m and v;
+    unused ones alias ``p``) and ``c`` its constants in the arrays' dtype, in
+    the order the reference applies them, so every rounding step matches it.
+    """
+    for i in range(start, stop):
+        if kind == SGD:  # c: lr
+            p[i] -= c[0] * g[i]
+        elif kind == MOMENTUM:  # c: lr, momentum
+            s1[i] = s1[i] * c[1] - c[0] * g[i]
+            p[i] += s1[i]
+        elif kind == NESTEROV:  # c: lr, momentum
+            step = c[0] * g[i]
+            s1[i] = s1[i] * c[1] - step
+            p[i] = p[i] - step + c[1] * s1[i]
+        elif kind == ADAGRAD:  # c: lr, eps
+            s1[i] += g[i] * g[i]
+            p[i] -= c[0] * g[i] / (np.sqrt(s1[i]) + c[1])
+        elif kind == RMSPROP:  # c: lr, eps, decay_rate, 1 - decay_rate
+            s1[i] = s1[i] * c[2] + c[3] * (g[i] * g[i])
+            p[i] -= c[0] * g[i] / (np.sqrt(s1[i]) + c[1])
+        else:  # ADAM; c: corrected lr, corrected eps, beta1, 1 - beta1, beta2, 1 - beta2
+            s1[i] = s1[i] * c[2] + c[3] * g[i]
+            s2[i] = s2[i] * c[4] + c[5] * (g[i] * g[i])
+            p[i] -= c[0] * s1[i] / (np.sqrt(s2[i]) + c[1])
+
+
 @njit(cache=True, parallel=True)
-def sgd_update(param, grad, lr):
-    """In place on flat (1-D) views: ``param -= lr * grad``."""
-    if param.size >= PARALLEL_MIN:
-        for i in prange(param.size):
-            param[i] -= lr * grad[i]
+def optimizer_update(kind, p, g, s1, s2, c):
+    """One fused pass of an optimizer update over flat (1-D) arrays, in place."""
+    n = p.size
+    if n >= PARALLEL_MIN:
+        chunk = 1 << 12
+        for k in prange((n + chunk - 1) // chunk):
+            _update_span(kind, p, g, s1, s2, c, k * chunk, min(k * chunk + chunk, n))
     else:
-        for i in range(param.size):
-            param[i] -= lr * grad[i]
+        _update_span(kind, p, g, s1, s2, c, 0, n)
 
 
 # ----------------------------------------------------- a whole tiny step

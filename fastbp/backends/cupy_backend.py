@@ -19,7 +19,7 @@ except ImportError as exc:  # the registry turns this into an install hint
     raise ImportError("CuPy is not installed") from exc
 
 from fastbp.backends import BackendUnavailableError
-from fastbp.backends.numpy_backend import NumpyBackend
+from fastbp.backends.numpy_backend import NumpyBackend, adam_step_size
 
 
 def _visible_devices() -> int:
@@ -53,6 +53,23 @@ _act_backward = {name: cupy.ElementwiseKernel("T dout, T y", "T d", f"d = {expr}
                                               f"fastbp_{name}_backward")
                  for name, expr in _ACT_BACKWARD.items()}
 _sgd = cupy.ElementwiseKernel("T grad, T lr", "T param", "param -= lr * grad", "fastbp_sgd")
+# One kernel per parameter and optimizer, in the reference's order of operations.
+_UPDATES = {
+    name: cupy.ElementwiseKernel(inputs, outputs, body, f"fastbp_{name}")
+    for name, inputs, outputs, body in [
+        ("momentum", "T grad, T lr, T mu", "T param, T v",
+         "v = v * mu - lr * grad; param += v"),
+        ("nesterov", "T grad, T lr, T mu", "T param, T v",
+         "T step = lr * grad; v = v * mu - step; param = param - step + mu * v"),
+        ("adagrad", "T grad, T lr, T eps", "T param, T h",
+         "h += grad * grad; param -= lr * grad / (sqrt(h) + eps)"),
+        ("rmsprop", "T grad, T lr, T eps, T decay, T keep", "T param, T h",
+         "h = h * decay + keep * (grad * grad); param -= lr * grad / (sqrt(h) + eps)"),
+        ("adam", "T grad, T lr, T eps, T beta1, T keep1, T beta2, T keep2", "T param, T m, T v",
+         "m = m * beta1 + keep1 * grad; v = v * beta2 + keep2 * (grad * grad); "
+         "param -= lr * m / (sqrt(v) + eps)"),
+    ]
+}
 
 # One thread per row: logits of a row are few (the classes), and the loss and
 # its gradient come out of the same pass over them.
@@ -127,6 +144,11 @@ def _softmax_xent(z, b, t, scale):
     return losses.sum(), out
 
 
+def _typed(array, *scalars):
+    """Python numbers as scalars of ``array``'s dtype (kernel arguments must match ``T``)."""
+    return [array.dtype.type(s) for s in scalars]
+
+
 class CupyBackend(NumpyBackend):
     name = "cupy"
     xp = cupy
@@ -191,6 +213,23 @@ class CupyBackend(NumpyBackend):
     # ------------------------------------------------------------- optimizers
     def sgd_update(self, param, grad, lr):
         _sgd(grad, param.dtype.type(lr), param)
+
+    def momentum_update(self, param, grad, velocity, lr, momentum):
+        _UPDATES["momentum"](grad, *_typed(param, lr, momentum), param, velocity)
+
+    def nesterov_update(self, param, grad, velocity, lr, momentum):
+        _UPDATES["nesterov"](grad, *_typed(param, lr, momentum), param, velocity)
+
+    def adagrad_update(self, param, grad, h, lr, eps):
+        _UPDATES["adagrad"](grad, *_typed(param, lr, eps), param, h)
+
+    def rmsprop_update(self, param, grad, h, lr, decay_rate, eps):
+        _UPDATES["rmsprop"](grad, *_typed(param, lr, eps, decay_rate, 1 - decay_rate), param, h)
+
+    def adam_update(self, param, grad, m, v, lr, beta1, beta2, step, eps):
+        constants = (*adam_step_size(lr, beta1, beta2, step, eps), beta1, 1 - beta1, beta2,
+                     1 - beta2)
+        _UPDATES["adam"](grad, *_typed(param, *constants), param, m, v)
 
     # ------------------------------------------------------ the whole SGD step
     def mlp_sgd_step(self, x, t, weights, biases, activation, lr):

@@ -13,7 +13,6 @@ to the reference implementation.
 
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
@@ -31,7 +30,7 @@ if not os.environ.get("NUMBA_THREADING_LAYER"):
     numba.config.THREADING_LAYER = "workqueue"
 
 from fastbp.backends import numba_kernels as K  # noqa: E402  (after the layer is chosen)
-from fastbp.backends.numpy_backend import NumpyBackend
+from fastbp.backends.numpy_backend import NumpyBackend, adam_step_size
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _GEMM = {np.dtype(np.float32): _scipy_blas.sgemm, np.dtype(np.float64): _scipy_blas.dgemm}
@@ -181,8 +180,8 @@ class NumbaBackend(NumpyBackend):
             super().rmsprop_update(param, grad, h, lr, decay_rate, eps)
 
     def adam_update(self, param, grad, m, v, lr, beta1, beta2, step, eps):
-        root = math.sqrt(1 - beta2 ** step)  # the bias corrections, folded as the reference does
-        constants = (lr * root / (1 - beta1 ** step), eps * root, beta1, 1 - beta1, beta2, 1 - beta2)
+        constants = (*adam_step_size(lr, beta1, beta2, step, eps), beta1, 1 - beta1, beta2,
+                     1 - beta2)
         if not _fused_update(K.ADAM, (param, grad, m, v), constants):
             super().adam_update(param, grad, m, v, lr, beta1, beta2, step, eps)
 

@@ -17,6 +17,16 @@ import math
 import numpy
 
 
+def adam_step_size(lr, beta1, beta2, step, eps):
+    """Adam's bias corrections folded into ``(lr_t, eps_t)`` for ``lr_t * m / (sqrt(v) + eps_t)``.
+
+    PyTorch adds ``eps`` to ``sqrt(v / (1 - beta2**step))``; multiplying through
+    by ``sqrt(1 - beta2**step)`` gives the textbook's ``lr_t`` form.
+    """
+    root = math.sqrt(1 - beta2 ** step)
+    return lr * root / (1 - beta1 ** step), eps * root
+
+
 class NumpyBackend:
     name = "numpy"
     xp = numpy
@@ -190,8 +200,7 @@ class NumpyBackend:
         m += (1 - beta1) * grad
         v *= beta2
         v += (1 - beta2) * (grad * grad)
-        root = math.sqrt(1 - beta2 ** step)
-        self._scaled_step(param, m, v, lr * root / (1 - beta1 ** step), eps * root)
+        self._scaled_step(param, m, v, *adam_step_size(lr, beta1, beta2, step, eps))
 
     def _scaled_step(self, param, direction, second_moment, lr, eps):
         """In place: ``param -= lr * direction / (sqrt(second_moment) + eps)``."""

@@ -20,11 +20,22 @@ __all__ = [
     "available_backends",
     "backend_info",
     "get_backend",
+    "load_params",
+    "save_params",
     "set_backend",
     "to_device",
     "to_numpy",
     "use_backend",
 ]
+
+
+def __getattr__(name):
+    """``save_params`` and ``load_params`` live in ``fastbp.train``, imported on first use."""
+    if name in ("save_params", "load_params"):
+        from fastbp import train
+
+        return getattr(train, name)
+    raise AttributeError(f"module 'fastbp' has no attribute {name!r}")
 
 
 def to_device(x, backend=None):

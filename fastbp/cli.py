@@ -1,4 +1,4 @@
-"""The ``fastbp`` command line: ``info`` and ``gradcheck``.
+"""The ``fastbp`` command line: ``info``, ``gradcheck``, ``train`` and ``bench``.
 
 Bad arguments and unavailable backends end with a one-line message on stderr
 and exit status 2, never a traceback.
@@ -115,6 +115,10 @@ def build_parser():
     check.add_argument("--tol", type=_positive_float, default=1e-6,
                        help="largest relative error that passes (default 1e-6)")
     check.set_defaults(run=cmd_gradcheck)
+
+    from fastbp.train_cli import add_train_command  # light: data and nets load when it runs
+
+    add_train_command(commands)
 
     from fastbp.benchmarks import command as bench_command  # light: the suites load when run
 

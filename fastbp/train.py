@@ -1,0 +1,234 @@
+"""Training loops and checkpoints: ``Trainer``, ``save_params``, ``load_params``.
+
+The data move to the net's backend once; each step is the net's
+``train_step`` (the backend's fast path) and its loss stays on the device
+until the epoch ends, so a GPU is never made to wait inside the loop.
+Checkpoints are ``.npz`` files written atomically and loaded only after
+every array has been checked, so a failure changes neither the file on disk
+nor the net in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy
+
+import fastbp
+
+#: the layout of the checkpoint files this module writes
+CHECKPOINT_FORMAT = 1
+_PARAM, _BUFFER = "param/", "buffer/"
+_CONFIG, _FORMAT = "config", "format"
+
+
+def _check_count(owner, argument, value, allow_none=False):
+    if allow_none and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, numpy.integer)) or value < 1:
+        raise ValueError(f"{owner}: {argument} must be an integer >= 1, received {value!r}")
+    return int(value)
+
+
+class Trainer:
+    """Mini-batch training of ``net`` with ``optimizer`` for ``epochs`` passes over the data.
+
+    Each epoch visits every sample once, in the order of a permutation drawn
+    from ``numpy.random.default_rng(seed)`` (the last batch may be smaller),
+    so a seeded run repeats exactly.  After each epoch it records in
+    ``history``: ``loss`` (mean training loss of the epoch's steps),
+    ``train_acc``, ``test_acc`` (empty without test data) and ``epoch_time``
+    (seconds of training, evaluation excluded).  ``eval_sample`` limits the
+    per-epoch accuracies to the first that many samples of each set.
+    """
+
+    def __init__(self, net, optimizer, x_train, t_train, x_test=None, t_test=None, epochs=10,
+                 batch_size=100, seed=0, verbose=True, eval_sample=None):
+        name = type(self).__name__
+        self.epochs = _check_count(name, "epochs", epochs)
+        self.batch_size = _check_count(name, "batch_size", batch_size)
+        self.eval_sample = _check_count(name, "eval_sample", eval_sample, allow_none=True)
+        if (x_test is None) != (t_test is None):
+            raise ValueError(f"{name}: pass both x_test and t_test or neither, received "
+                             f"x_test={'None' if x_test is None else 'an array'} and "
+                             f"t_test={'None' if t_test is None else 'an array'}")
+        self.net, self.optimizer = net, optimizer
+        self.seed, self.verbose = seed, verbose
+        self.x_train, self.t_train = self._to_device("x_train", x_train, "t_train", t_train)
+        if x_test is None:
+            self.x_test = self.t_test = None
+        else:
+            self.x_test, self.t_test = self._to_device("x_test", x_test, "t_test", t_test)
+        self.history = {"loss": [], "train_acc": [], "test_acc": [], "epoch_time": []}
+
+    def _to_device(self, x_name, x, t_name, t):
+        """Inputs in the net's dtype, class indices as integers, one-hot rows in the net's dtype."""
+        be = self.net.backend
+        x = be.asarray(x, dtype=self.net.dtype)
+        t = be.asarray(t)
+        if t.ndim == 1 and t.dtype.kind not in "iu":
+            raise ValueError(f"{type(self).__name__}: {t_name} must hold integer class indices "
+                             f"(or one-hot rows), received dtype {t.dtype}")
+        t = t.astype(numpy.int64 if t.ndim == 1 else self.net.dtype, copy=False)
+        if len(x) != len(t):
+            raise ValueError(f"{type(self).__name__}: {x_name} and {t_name} must have the same "
+                             f"number of samples, received {len(x)} and {len(t)}")
+        if len(x) == 0:
+            raise ValueError(f"{type(self).__name__}: {x_name} must hold at least one sample, "
+                             f"received shape {tuple(x.shape)}")
+        return x, t
+
+    def fit(self):
+        """Train for ``epochs`` epochs; returns ``history``."""
+        n = len(self.x_train)
+        steps = -(-n // self.batch_size)
+        rng = numpy.random.default_rng(self.seed)
+        bar = _progress_bar(self.epochs * steps, self.verbose)
+        be = self.net.backend
+        try:
+            for epoch in range(1, self.epochs + 1):
+                if bar is not None:
+                    bar.set_description(f"epoch {epoch}/{self.epochs}")
+                order = be.asarray(rng.permutation(n))
+                start = time.perf_counter()
+                total = 0.0
+                for i in range(0, n, self.batch_size):
+                    batch = order[i:i + self.batch_size]
+                    loss = self.net.train_step(self.x_train[batch], self.t_train[batch],
+                                               self.optimizer)
+                    total = total + loss * len(batch)  # stays on the device
+                    if bar is not None:
+                        bar.update()
+                mean_loss = float(total) / n  # the epoch's one synchronisation
+                self.history["epoch_time"].append(time.perf_counter() - start)
+                self.history["loss"].append(mean_loss)
+                self._evaluate()
+                if bar is not None:
+                    bar.set_postfix(self.summary(), refresh=False)
+        finally:
+            if bar is not None:
+                bar.close()
+        return self.history
+
+    def _evaluate(self):
+        k = self.eval_sample
+        self.history["train_acc"].append(self.net.accuracy(self.x_train[:k], self.t_train[:k]))
+        if self.x_test is not None:
+            self.history["test_acc"].append(self.net.accuracy(self.x_test[:k], self.t_test[:k]))
+
+    def summary(self) -> dict:
+        """The last epoch's numbers, rounded for display."""
+        h = self.history
+        out = {"loss": f"{h['loss'][-1]:.4f}", "train_acc": f"{h['train_acc'][-1]:.4f}"}
+        if h["test_acc"]:
+            out["test_acc"] = f"{h['test_acc'][-1]:.4f}"
+        return out
+
+
+def _progress_bar(total, verbose):
+    """A tqdm bar on stderr when asked for and stderr is a terminal; None otherwise."""
+    if not verbose or not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is optional (the "train" extra): train without a bar
+        return None
+    return tqdm(total=total, unit="step", dynamic_ncols=True, leave=True)
+
+
+# ------------------------------------------------------------ checkpoints
+def save_params(net, path):
+    """Write ``net``'s parameters, buffers and config to the ``.npz`` file ``path``, atomically.
+
+    The file written is exactly ``path`` (no ``.npz`` is appended).  The data
+    go to a temporary file in the same directory, are flushed to disk, and
+    then replace ``path`` in one rename: a crash or an error leaves the
+    previous checkpoint intact.
+    """
+    path = Path(path)
+    arrays = {_PARAM + key: fastbp.to_numpy(value) for key, value in net.params.items()}
+    arrays.update({_BUFFER + key: fastbp.to_numpy(value) for key, value in net.buffers.items()})
+    arrays[_CONFIG] = numpy.array(json.dumps(net.config(), sort_keys=True))
+    arrays[_FORMAT] = numpy.array(CHECKPOINT_FORMAT)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            numpy.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is unreadable, or does not fit the net it is loaded into."""
+
+
+def load_params(net, path):
+    """Restore a checkpoint written by ``save_params`` into ``net``, in place.
+
+    Works across backends and casts to the net's dtype.  Everything is read
+    and checked first (format, architecture, keys, shapes); only then are
+    the values copied into the existing arrays (``net.params[k][...] = v``),
+    so the layers sharing them see the new values and a refused file
+    changes nothing.
+    """
+    path = Path(path)
+    where = f"load_params({str(path)!r})"
+    config, saved = _read_checkpoint(path, where)
+    expected = net.config()
+    for key in sorted(set(config) | set(expected)):
+        if key != "dtype" and config.get(key) != expected.get(key):
+            raise CheckpointError(f"{where}: the checkpoint is of another architecture: {key} is "
+                                  f"{config.get(key)!r} in the file, this net expects "
+                                  f"{expected.get(key)!r}")
+    staged = []
+    for prefix, targets in ((_PARAM, net.params), (_BUFFER, net.buffers)):
+        stored = {key[len(prefix):]: value for key, value in saved.items() if key.startswith(prefix)}
+        if set(stored) != set(targets):
+            raise CheckpointError(f"{where}: expected {prefix[:-1]} arrays {sorted(targets)}, "
+                                  f"received {sorted(stored)}")
+        for key, target in targets.items():
+            value = stored[key]
+            if value.shape != target.shape or value.dtype.kind not in "fiub":
+                raise CheckpointError(f"{where}: {prefix}{key} must be a numeric array of shape "
+                                      f"{tuple(target.shape)}, received {value.dtype} of shape "
+                                      f"{value.shape}")
+            staged.append((target, net.backend.asarray(value, dtype=target.dtype)))
+    for target, value in staged:
+        target[...] = value
+
+
+def _read_checkpoint(path: Path, where):
+    """``(config, arrays)`` of the file at ``path``; a clear error for anything not in our format."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{where}: no such file")
+    try:
+        with numpy.load(path, allow_pickle=False) as archive:
+            saved = {key: archive[key] for key in archive.files}
+    except Exception as exc:  # damage shows as BadZipFile, ValueError, EOFError, zlib.error ...
+        raise CheckpointError(f"{where}: the file is damaged or not an .npz checkpoint "
+                              f"({type(exc).__name__}: {exc}); save it again with "
+                              "fastbp.save_params") from None
+    if _FORMAT not in saved or _CONFIG not in saved:
+        raise CheckpointError(f"{where}: not a fastbp checkpoint (no {_FORMAT!r} and {_CONFIG!r} "
+                              "entries); write one with fastbp.save_params")
+    version = saved.pop(_FORMAT)
+    if version.shape != () or version.item() != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{where}: checkpoint format {version.tolist()!r}, this fastbp "
+                              f"reads format {CHECKPOINT_FORMAT}")
+    try:
+        config = json.loads(str(saved.pop(_CONFIG)))
+        if not isinstance(config, dict):
+            raise ValueError(f"a JSON {type(config).__name__}, expected an object")
+    except ValueError as exc:
+        raise CheckpointError(f"{where}: its config entry is damaged ({exc}); save it again "
+                              "with fastbp.save_params") from None
+    return config, saved

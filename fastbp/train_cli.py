@@ -1,0 +1,178 @@
+"""``fastbp train``: train a MultiLayerNet on a data set from the command line.
+
+The defaults (digits, 100-100 ReLU net, Adam lr 0.001, batch 32, 40 epochs)
+reach about 0.985 test accuracy in about a second of training on the numpy
+backend.  The last line printed is always the result:
+``train acc 1.0000  test acc 0.9861  0.0123 s/epoch``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+from pathlib import Path
+
+from fastbp.backends import BACKEND_NAMES
+from fastbp.data import DATASETS
+
+#: --optimizer choice -> (class name in fastbp.optim, looked up when the command runs; default lr)
+OPTIMIZERS = {"sgd": ("SGD", 0.1), "momentum": ("Momentum", 0.01), "nesterov": ("Nesterov", 0.01),
+              "adagrad": ("AdaGrad", 0.01), "rmsprop": ("RMSprop", 0.001), "adam": ("Adam", 0.001)}
+_INIT_FOR_ACTIVATION = {"relu": "he", "sigmoid": "xavier"}
+
+
+def _non_negative_float(text):
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, received {text}")
+    return value
+
+
+def _ratio(text):
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1), received {text}")
+    return value
+
+
+def add_train_command(commands):
+    """Register ``fastbp train`` on the ``commands`` sub-parsers of ``fastbp.cli``."""
+    from fastbp.cli import _positive_float, _positive_int
+
+    train = commands.add_parser("train", help="train a MultiLayerNet on toy, digits or MNIST data")
+    train.add_argument("--dataset", choices=DATASETS, default="digits")
+    train.add_argument("--data-dir", default=None,
+                       help="directory of the MNIST files (default $FASTBP_DATA_DIR/<name>, "
+                            "else ~/.cache/fastbp/<name>)")
+    train.add_argument("--download", action="store_true",
+                       help="fetch missing MNIST files (checked against known SHA-256 sums)")
+    train.add_argument("--backend", choices=BACKEND_NAMES, default=None)
+    train.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    train.add_argument("--hidden", type=_positive_int, nargs="+", default=[100, 100],
+                       help="hidden layer sizes (default 100 100)")
+    train.add_argument("--activation", choices=tuple(_INIT_FOR_ACTIVATION), default="relu")
+    train.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="adam")
+    train.add_argument("--lr", type=_positive_float, default=None,
+                       help="learning rate (default: sgd 0.1, momentum/nesterov/adagrad 0.01, "
+                            "rmsprop/adam 0.001)")
+    train.add_argument("--epochs", type=_positive_int, default=40)
+    train.add_argument("--batch-size", type=_positive_int, default=32)
+    train.add_argument("--weight-decay", type=_non_negative_float, default=0.0,
+                       help="L2 penalty lambda (default 0)")
+    train.add_argument("--dropout", type=_ratio, default=None, metavar="RATIO",
+                       help="dropout after each hidden layer, dropping this fraction")
+    train.add_argument("--batchnorm", action="store_true", help="BatchNorm after each hidden Affine")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--save", default=None, metavar="PATH", help="write the trained parameters here")
+    train.add_argument("--plot", default=None, metavar="PATH",
+                       help="write a PNG of the loss and accuracy curves here")
+    train.add_argument("--quiet", action="store_true", help="print only the result line")
+    train.set_defaults(run=cmd_train)
+
+
+def _optimizer(name, lr):
+    import fastbp.optim
+
+    class_name, default_lr = OPTIMIZERS[name]
+    cls = getattr(fastbp.optim, class_name, None)
+    if cls is None:
+        available = [key for key, (attr, _) in OPTIMIZERS.items() if hasattr(fastbp.optim, attr)]
+        raise ValueError(f"--optimizer {name}: fastbp.optim has no {class_name} in this "
+                         f"version; available: {available}")
+    return cls(default_lr if lr is None else lr)
+
+
+def _net_options(args):
+    """Keyword arguments for the extras the user asked for, refused if this net lacks them."""
+    from fastbp.nets import MultiLayerNet
+
+    extras = {}
+    if args.dropout is not None:
+        extras.update(use_dropout=True, dropout_ratio=args.dropout)
+    if args.batchnorm:
+        extras["use_batchnorm"] = True
+    accepted = inspect.signature(MultiLayerNet).parameters
+    for key in extras:
+        if key not in accepted:
+            flag = "--batchnorm" if key == "use_batchnorm" else "--dropout"
+            raise ValueError(f"{flag}: MultiLayerNet in this version has no {key} argument")
+    return extras
+
+
+def _check_output_path(flag, path):
+    """Refuse an unwritable output before training rather than after it."""
+    directory = Path(path).resolve().parent
+    if not directory.is_dir():
+        raise ValueError(f"{flag} {path}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise ValueError(f"{flag} {path}: directory {directory} is not writable")
+
+
+def cmd_train(args):
+    from fastbp.data import load_dataset
+    from fastbp.nets import MultiLayerNet
+    from fastbp.train import Trainer, save_params
+
+    optimizer = _optimizer(args.optimizer, args.lr)
+    extras = _net_options(args)
+    for flag, path in (("--save", args.save), ("--plot", args.plot)):
+        if path is not None:
+            _check_output_path(flag, path)
+    if args.plot is not None:
+        _require_matplotlib()
+    (x_train, t_train), (x_test, t_test) = load_dataset(
+        args.dataset, data_dir=args.data_dir, download=args.download)
+    n_classes = int(max(t_train.max(), t_test.max())) + 1
+    net = MultiLayerNet(x_train.shape[1], args.hidden, n_classes, activation=args.activation,
+                        weight_init_std=_INIT_FOR_ACTIVATION[args.activation],
+                        weight_decay_lambda=args.weight_decay, seed=args.seed,
+                        backend=args.backend, dtype=args.dtype, **extras)
+    if not args.quiet:
+        sizes = "-".join(map(str, [x_train.shape[1], *args.hidden, n_classes]))
+        print(f"training a {sizes} {args.activation} net on {args.dataset} ({len(x_train)} train, "
+              f"{len(x_test)} test), backend {net.backend.name}, {net.dtype}, {args.optimizer} "
+              f"lr {optimizer.lr:g}, batch {args.batch_size}, {args.epochs} epochs", flush=True)
+    trainer = Trainer(net, optimizer, x_train, t_train, x_test, t_test, epochs=args.epochs,
+                      batch_size=args.batch_size, seed=args.seed, verbose=not args.quiet)
+    history = trainer.fit()
+    if args.save is not None:
+        save_params(net, args.save)
+        if not args.quiet:
+            print(f"saved the parameters to {args.save}")
+    if args.plot is not None:
+        plot_history(history, args.plot, title=f"{args.dataset}, {args.optimizer} lr {optimizer.lr:g}")
+        if not args.quiet:
+            print(f"wrote the curves to {args.plot}")
+    seconds = sum(history["epoch_time"]) / len(history["epoch_time"])
+    print(f"train acc {history['train_acc'][-1]:.4f}  test acc {history['test_acc'][-1]:.4f}  "
+          f"{seconds:.3g} s/epoch")
+    return 0
+
+
+def _require_matplotlib():
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(f'--plot needs matplotlib: pip install "fastbp[train]" ({exc})') from None
+
+
+def plot_history(history, path, title=""):
+    """Loss and accuracy per epoch, side by side, as a PNG (Agg canvas, no display needed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    epochs = range(1, len(history["loss"]) + 1)
+    fig = Figure(figsize=(9, 3.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    loss_ax.plot(epochs, history["loss"])
+    loss_ax.set(xlabel="epoch", ylabel="mean training loss", yscale="log")
+    acc_ax.plot(epochs, history["train_acc"], label="train")
+    if history["test_acc"]:
+        acc_ax.plot(epochs, history["test_acc"], label="test")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy")
+    acc_ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, format="png", dpi=100)

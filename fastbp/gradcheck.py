@@ -71,7 +71,14 @@ def directional_check(net, x, t, n_directions=3, h=1e-5, seed=0) -> list:
 
     Each random unit direction ``v`` spans every parameter at once, so the check
     costs two forward passes per direction whatever the size of the net.
+    Dropout masks stay fixed and BatchNorm statistics are restored, as in
+    ``net.numerical_gradient``.
     """
+    with net.repeatable_training_passes():
+        return _directional_errors(net, x, t, n_directions, h, seed)
+
+
+def _directional_errors(net, x, t, n_directions, h, seed):
     grads = net.gradient(x, t)
     rng = numpy.random.default_rng(seed)
     errors = []

@@ -135,13 +135,13 @@ class MultiLayerNet:
         self.last_layer = SoftmaxWithLoss(be)
 
     # ------------------------------------------------------------- validation
-    def _prepare(self, x, t=None, where="forward"):
+    def _prepare(self, x, t=None, where="forward", check_labels=True):
         """Check and convert inputs before anything runs; return ``(x, t)``."""
         where = f"{type(self).__name__}.{where}"
         be = self.backend
         x = be.ensure_array(x, where)
-        if x.ndim < 2 or math.prod(x.shape[1:]) != self.input_size:
-            raise ValueError(f"{where}: expected x of shape (N, {self.input_size}), "
+        if x.ndim < 2 or x.shape[0] == 0 or math.prod(x.shape[1:]) != self.input_size:
+            raise ValueError(f"{where}: expected x of shape (N, {self.input_size}) with N >= 1, "
                              f"received shape {tuple(x.shape)}")
         if x.ndim != 2:
             x = x.reshape(x.shape[0], self.input_size)
@@ -153,10 +153,11 @@ class MultiLayerNet:
         n, c = x.shape[0], self.output_size
         if t.ndim == 1:
             if t.dtype.kind not in "iu":
-                raise ValueError(f"{where}: class-index labels must be integers, received dtype {t.dtype}")
+                raise ValueError(f"{where}: class-index labels must be integers, "
+                                 f"received dtype {t.dtype}")
             if t.shape[0] != n:
                 raise ValueError(f"{where}: x has {n} rows but t has {t.shape[0]} labels")
-            low, high = be.label_range(t) if n else (0, 0)
+            low, high = be.label_range(t) if check_labels else (0, 0)
             if low < 0 or high >= c:
                 raise ValueError(f"{where}: labels must lie in [0, {c}), received values in "
                                  f"[{low}, {high}]")
@@ -235,12 +236,12 @@ class MultiLayerNet:
         running statistics are restored afterwards.
         """
         x, t = self._prepare(x, t, where="numerical_gradient")
-        with self._repeatable_training_passes():
+        with self.repeatable_training_passes():
             return {key: numerical_gradient(lambda _: self._loss(x, t), param, h)
                     for key, param in self.params.items()}
 
     @contextlib.contextmanager
-    def _repeatable_training_passes(self):
+    def repeatable_training_passes(self):
         """Fixed dropout masks inside; BatchNorm running statistics as before, after."""
         dropouts = [layer for layer in self.layers.values() if isinstance(layer, Dropout)]
         fixed = [layer.fixed_mask for layer in dropouts]
@@ -260,9 +261,14 @@ class MultiLayerNet:
         return (type(optimizer) is SGD and not getattr(optimizer, "clip_norm", None)
                 and not (self.weight_decay_lambda or self.use_dropout or self.use_batchnorm))
 
-    def train_step(self, x, t, optimizer):
-        """Forward, backward and an in-place update; returns the loss (0-d array)."""
-        x, t = self._prepare(x, t, where="train_step")
+    def train_step(self, x, t, optimizer, check_labels=True):
+        """Forward, backward and an in-place update; returns the loss (0-d array).
+
+        ``check_labels=False`` skips the label range check, which on a GPU waits
+        for the device; use it only for labels already checked (``Trainer``
+        checks a whole data set once).
+        """
+        x, t = self._prepare(x, t, where="train_step", check_labels=check_labels)
         if self._fused_step_applies(optimizer):
             weights = [self.params[f"W{i}"] for i in range(1, self.n_layers + 1)]
             biases = [self.params[f"b{i}"] for i in range(1, self.n_layers + 1)]

@@ -81,6 +81,8 @@ class Trainer:
         if len(x) == 0:
             raise ValueError(f"{type(self).__name__}: {x_name} must hold at least one sample, "
                              f"received shape {tuple(x.shape)}")
+        # checked once here, so the steps skip the label check (on a GPU it waits for the device)
+        self.net._prepare(x, t, where=f"Trainer({x_name}, {t_name})")
         return x, t
 
     def fit(self):
@@ -100,7 +102,7 @@ class Trainer:
                 for i in range(0, n, self.batch_size):
                     batch = order[i:i + self.batch_size]
                     loss = self.net.train_step(self.x_train[batch], self.t_train[batch],
-                                               self.optimizer)
+                                               self.optimizer, check_labels=False)
                     total = total + loss * len(batch)  # stays on the device
                     if bar is not None:
                         bar.update()

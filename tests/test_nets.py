@@ -106,13 +106,14 @@ def test_toy_classification_reaches_085(backend):
 
 
 BAD_INPUTS = [
-    (numpy.ones((4, 19)), numpy.zeros(4, int), r"expected x of shape \(N, 20\), received shape \(4, 19\)"),
+    (numpy.ones((4, 19)), numpy.zeros(4, int), r"expected x of shape \(N, 20\) with N >= 1, received shape \(4, 19\)"),
     (numpy.ones((4, 20)), numpy.zeros(3, int), "x has 4 rows but t has 3 labels"),
     (numpy.ones((4, 20)), numpy.array([0, 1, 5, 2]), r"labels must lie in \[0, 5\), received values in \[0, 5\]"),
     (numpy.ones((4, 20)), numpy.array([0, -1, 2, 2]), r"\[0, 5\), received values in \[-1, 2\]"),
     (numpy.ones((4, 20)), numpy.zeros(4), "labels must be integers"),
     (numpy.ones((4, 20)), numpy.zeros((4, 4)), r"expected t of shape \(4,\) class indices or \(4, 5\) one-hot"),
     (numpy.ones(20), numpy.zeros(1, int), r"received shape \(20,\)"),
+    (numpy.ones((0, 20)), numpy.zeros(0, int), r"with N >= 1, received shape \(0, 20\)"),
 ]
 
 

@@ -44,7 +44,7 @@ def test_every_sample_once_per_epoch_with_the_last_partial_batch(backend):
     net = small_net(backend)
     seen = []
 
-    def spy(xb, tb, optimizer):
+    def spy(xb, tb, optimizer, check_labels=True):
         rows = host(xb)[:, 0].astype(int)
         numpy.testing.assert_array_equal(host(tb), t[rows])  # labels travel with their rows
         seen.append(rows)
@@ -335,3 +335,11 @@ def test_checkpoint_holds_config_and_format(tmp_path):
     assert {"config.npy", "format.npy", "param/W1.npy", "param/b3.npy"} <= names
     with numpy.load(tmp_path / "e.npz") as archive:
         assert archive["config"].dtype.kind == "U" and int(archive["format"]) == 1
+
+
+def test_labels_are_checked_once_up_front(backend):
+    """Steps skip the label check (a GPU sync), so the Trainer checks the whole set first."""
+    x, t = numpy.zeros((6, 4)), numpy.array([0, 1, 2, 0, 1, 7])
+    net = small_net(backend)
+    with pytest.raises(ValueError, match=r"Trainer\(x_train, t_train\): labels must lie in \[0, 3\)"):
+        Trainer(net, SGD(0.1), backend.asarray(x), backend.asarray(t), verbose=False)

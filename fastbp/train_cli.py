@@ -9,14 +9,13 @@ backend.  The last line printed is always the result:
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 from pathlib import Path
 
 from fastbp.backends import BACKEND_NAMES
 from fastbp.data import DATASETS
 
-#: --optimizer choice -> (class name in fastbp.optim, looked up when the command runs; default lr)
+#: --optimizer choice -> (class name in fastbp.optim, default lr)
 OPTIMIZERS = {"sgd": ("SGD", 0.1), "momentum": ("Momentum", 0.01), "nesterov": ("Nesterov", 0.01),
               "adagrad": ("AdaGrad", 0.01), "rmsprop": ("RMSprop", 0.001), "adam": ("Adam", 0.001)}
 _INIT_FOR_ACTIVATION = {"relu": "he", "sigmoid": "xavier"}
@@ -75,29 +74,7 @@ def _optimizer(name, lr):
     import fastbp.optim
 
     class_name, default_lr = OPTIMIZERS[name]
-    cls = getattr(fastbp.optim, class_name, None)
-    if cls is None:
-        available = [key for key, (attr, _) in OPTIMIZERS.items() if hasattr(fastbp.optim, attr)]
-        raise ValueError(f"--optimizer {name}: fastbp.optim has no {class_name} in this "
-                         f"version; available: {available}")
-    return cls(default_lr if lr is None else lr)
-
-
-def _net_options(args):
-    """Keyword arguments for the extras the user asked for, refused if this net lacks them."""
-    from fastbp.nets import MultiLayerNet
-
-    extras = {}
-    if args.dropout is not None:
-        extras.update(use_dropout=True, dropout_ratio=args.dropout)
-    if args.batchnorm:
-        extras["use_batchnorm"] = True
-    accepted = inspect.signature(MultiLayerNet).parameters
-    for key in extras:
-        if key not in accepted:
-            flag = "--batchnorm" if key == "use_batchnorm" else "--dropout"
-            raise ValueError(f"{flag}: MultiLayerNet in this version has no {key} argument")
-    return extras
+    return getattr(fastbp.optim, class_name)(default_lr if lr is None else lr)
 
 
 def _check_output_path(flag, path):
@@ -115,7 +92,6 @@ def cmd_train(args):
     from fastbp.train import Trainer, save_params
 
     optimizer = _optimizer(args.optimizer, args.lr)
-    extras = _net_options(args)
     for flag, path in (("--save", args.save), ("--plot", args.plot)):
         if path is not None:
             _check_output_path(flag, path)
@@ -127,7 +103,9 @@ def cmd_train(args):
     net = MultiLayerNet(x_train.shape[1], args.hidden, n_classes, activation=args.activation,
                         weight_init_std=_INIT_FOR_ACTIVATION[args.activation],
                         weight_decay_lambda=args.weight_decay, seed=args.seed,
-                        backend=args.backend, dtype=args.dtype, **extras)
+                        use_dropout=args.dropout is not None,
+                        dropout_ratio=0.5 if args.dropout is None else args.dropout,
+                        use_batchnorm=args.batchnorm, backend=args.backend, dtype=args.dtype)
     if not args.quiet:
         sizes = "-".join(map(str, [x_train.shape[1], *args.hidden, n_classes]))
         print(f"training a {sizes} {args.activation} net on {args.dataset} ({len(x_train)} train, "

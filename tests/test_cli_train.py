@@ -1,6 +1,5 @@
 """``fastbp train``: the result line, defaults, outputs, and one-line errors."""
 
-import inspect
 import re
 import subprocess
 import sys
@@ -113,8 +112,7 @@ def test_dropout_and_batchnorm_reach_the_net(monkeypatch, capsys):
     result_line(capsys.readouterr().out)
 
 
-def test_plain_run_passes_no_extras(monkeypatch, capsys):
-    """Without --dropout/--batchnorm the net is built with the core arguments only."""
+def test_plain_run_uses_he_init_and_no_extras(monkeypatch, capsys):
     received = {}
 
     class Spy(MultiLayerNet):
@@ -124,24 +122,8 @@ def test_plain_run_passes_no_extras(monkeypatch, capsys):
 
     monkeypatch.setattr(fastbp.nets, "MultiLayerNet", Spy)
     assert main(["train", "--epochs", "1", "--quiet"]) == 0
-    assert not {"use_dropout", "dropout_ratio", "use_batchnorm"} & set(received)
     assert received["weight_init_std"] == "he"
-
-
-def test_net_without_dropout_support_is_a_one_line_error(monkeypatch, capsys):
-    class Plain(MultiLayerNet):
-        def __init__(self, input_size, hidden_size_list, output_size, activation="relu",
-                     weight_init_std="relu", weight_decay_lambda=0.0, seed=None, backend=None,
-                     dtype="float64"):
-            super().__init__(input_size, hidden_size_list, output_size, activation=activation,
-                             weight_init_std=weight_init_std, seed=seed, backend=backend,
-                             dtype=dtype)
-
-    monkeypatch.setattr(fastbp.nets, "MultiLayerNet", Plain)
-    assert "use_dropout" not in inspect.signature(Plain).parameters
-    assert main(["train", "--dropout", "0.5"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--dropout" in err
+    assert not received["use_dropout"] and not received["use_batchnorm"]
 
 
 @pytest.mark.parametrize("argv, fragment", [

@@ -11,7 +11,7 @@ import fastbp
 import fastbp.train as train
 from fastbp.data import load_dataset
 from fastbp.nets import MultiLayerNet, TwoLayerNet
-from fastbp.optim import SGD
+from fastbp.optim import SGD, Adam
 from fastbp.train import CheckpointError, Trainer, load_params, save_params
 
 
@@ -101,6 +101,14 @@ def test_digits_two_layer_net_with_sgd_reaches_095(backend, digits):
                       verbose=False).fit()
     assert history["test_acc"][-1] >= 0.95
     assert history["loss"][-1] < history["loss"][0]
+
+
+def test_digits_deep_net_with_adam_and_he_init_reaches_097(backend, digits):
+    (x, t), (xt, tt) = digits
+    net = MultiLayerNet(64, [100, 100], 10, weight_init_std="he", seed=0, backend=backend)
+    history = Trainer(net, Adam(0.001), x, t, xt, tt, epochs=40, batch_size=32,
+                      verbose=False).fit()
+    assert history["test_acc"][-1] >= 0.97
 
 
 def test_float32_training_stays_float32(backend, digits):

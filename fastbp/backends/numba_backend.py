@@ -213,6 +213,7 @@ class NumbaBackend(NumpyBackend):
         total = K.softmax_xent(logits, biases[-1], t, d, scale, one)
 
         # backward, with each update folded into the product that makes its gradient
+        lr_array = np.array([lr_], dtype=dtype)
         db = K.act_backward_col_sums(d, d, K.IDENTITY, one)
         for i in reversed(range(len(weights))):
             W, a_in = weights[i], acts[i]
@@ -220,7 +221,7 @@ class NumbaBackend(NumpyBackend):
                 d_below = gemm(d, W, np.empty(a_in.shape, dtype=dtype), trans_b=True)
                 db_below = K.act_backward_col_sums(d_below, a_in, act, one)
             gemm(a_in, d, W, trans_a=True, alpha=-lr_, beta=one)
-            self.sgd_update(biases[i], db, lr_)
+            K.optimizer_update(K.SGD, biases[i], db, biases[i], biases[i], lr_array)
             if i:
                 d, db = d_below, db_below
         return dtype.type(total) / dtype.type(n)

@@ -133,6 +133,12 @@ def test_sampled_numerical_gradient_matches_the_full_one_and_restores_params():
         numpy.testing.assert_allclose(sampled[key], full[key].reshape(-1)[block], rtol=1e-12)
 
 
+def test_gradient_problems_keep_relu_inputs_off_the_kink():
+    net, x, t = gradients.make_problem(Shape(784, 30, 10, 3), fastbp.get_backend())
+    z = x @ net.params["W1"] + net.params["b1"]
+    assert numpy.abs(z).min() >= gradients.KINK_MARGIN
+
+
 def test_update_arguments_come_from_the_signature():
     class Fake:
         def adam_update(self, param, grad, m, v, lr, beta1, beta2, eps, t, *, scale, out=None):

@@ -167,4 +167,5 @@ def table(result: dict) -> str:
     return report.table(
         "Kernels: median time per call, interleaved; speed-up over the plain NumPy (textbook) "
         "expression, or over fastbp-numpy for updates the textbook lacks",
-        ("kernel", "size", "dtype", *names, *(f"{n} speed-up" for n in fast)), rows)
+        ("kernel", "size", "dtype", *names, *(f"{n.removeprefix('fastbp-')} speed-up"
+                                             for n in fast)), rows)

@@ -3,7 +3,8 @@
 A process's peak RSS only ever grows, so the child warms the step up once
 (compilation, BLAS buffers, allocator pools), resets the kernel's high-water
 mark to the current RSS (``/proc/self/clear_refs``, Linux) and reports how far
-one more step raises the peak RSS: the memory the step itself needed.  Where the mark cannot be reset the result says so.
+one more step raises the peak RSS: the memory the step itself needed.  Where
+the mark cannot be reset the result says so.
 
 glibc's malloc keeps freed blocks of up to 32 MiB for reuse once it has seen
 one freed (its mmap threshold adapts), so a warmed-up step would find its

@@ -49,7 +49,8 @@ def gradients(result: dict, path: str) -> str:
     ax.set_yscale("log")
     ax.set_xlabel("parameters P")
     ax.set_ylabel("seconds per gradient")
-    ax.set_title("TwoLayerNet gradient, float64: numerical (hollow: extrapolated) vs backprop")
+    ax.set_title("TwoLayerNet gradient, float64\nnumerical (hollow: extrapolated from a sample) "
+                 "vs backprop", fontsize="medium")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
     fig.savefig(path, dpi=110)

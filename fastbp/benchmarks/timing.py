@@ -6,9 +6,10 @@ compares two different machines; alternating short rounds A B C A B C ... and
 taking each contender's median puts the drift into all of them alike, so the
 ratios within one run hold even when the absolute times do not.
 
-A short sleep before each round keeps the previous contender's thread pool
-(OpenBLAS, OpenMP and XLA threads spin for a while after their work ends) off
-the cores the next contender needs.
+Between rounds the timer waits for the process to go idle (:func:`settle`):
+thread pools keep spinning after their work ends (OpenBLAS's workers for
+about 0.1 s), and a pool still spinning would take a core from the next
+contender, which then measures the previous one's leftovers.
 """
 
 from __future__ import annotations
@@ -93,6 +94,22 @@ def run_round(contender: Contender, calls: int) -> float:
             gc.enable()
 
 
+def settle(min_s: float = 0.0, max_s: float = 0.5, probe_s: float = 0.005) -> float:
+    """Sleep ``min_s``, then until the process's threads stop using CPU; returns seconds waited.
+
+    Idle means that a sleep of ``probe_s`` costs the process under a tenth of
+    that in CPU time, which no spinning thread allows.  Gives up after ``max_s``.
+    """
+    start = time.perf_counter()
+    time.sleep(min_s)
+    while time.perf_counter() - start < max_s:
+        cpu = time.process_time()
+        time.sleep(probe_s)
+        if time.process_time() - cpu < probe_s / 10:
+            break
+    return time.perf_counter() - start
+
+
 def calibrate(contender: Contender, round_s: float, warmup: int = 2) -> int:
     """Number of calls that makes one round of ``contender`` last about ``round_s``."""
     for _ in range(warmup):
@@ -109,18 +126,20 @@ def interleaved(contenders, rounds: int, round_s: float = 0.03, pause_s: float =
     """Median per-call time of each contender over ``rounds`` interleaved rounds.
 
     Each contender is warmed up and calibrated first; then the rounds visit
-    the contenders in order, A B C A B C ..., sleeping ``pause_s`` before each.
-    Returns ``{name: Timing}`` in the contenders' order.
+    the contenders in order, A B C A B C ..., each after at least ``pause_s``
+    and until the process is idle (:func:`settle`).  Returns ``{name: Timing}``
+    in the contenders' order.
     """
     contenders = list(contenders)
     timings = {}
     for c in contenders:
         if c.name in timings:
             raise ValueError(f"interleaved: two contenders are named {c.name!r}")
+        settle(pause_s)
         timings[c.name] = Timing(c.name, calibrate(c, round_s))
     for _ in range(rounds):
         for c in contenders:
-            time.sleep(pause_s)
+            settle(pause_s)
             timing = timings[c.name]
             timing.samples.append(run_round(c, timing.calls_per_round) / timing.calls_per_round)
     return timings

@@ -187,5 +187,5 @@ def _memory_table(rows) -> str:
                          f"{r['in_hidden_arrays']:.2f}", "yes" if r["high_water_reset"] else "no"))
     return report.table(
         f"Peak memory of one train step, {MEMORY_SHAPE.label} (fresh process each, "
-        "ru_maxrss increase over a warmed-up step)",
+        "peak-RSS increase over a warmed-up step)",
         ("contender", "dtype", "peak increase", "in batch x hidden arrays", "mark reset"), body)

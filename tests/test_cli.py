@@ -3,8 +3,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import BACKENDS
+
 from fastbp.cli import main
 
 

@@ -1,7 +1,7 @@
 import numpy
 import pytest
-
 from conftest import host
+
 from fastbp.gradcheck import numerical_gradient, rel_error
 
 

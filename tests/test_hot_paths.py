@@ -1,10 +1,9 @@
 """Every backend's hot paths against the NumPy reference, both dtypes, any layout."""
 
 import numpy
+from conftest import assert_close, host
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from conftest import assert_close, host
 
 dims = st.integers(1, 40)
 

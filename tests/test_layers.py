@@ -3,13 +3,22 @@ import warnings
 
 import numpy
 import pytest
+from conftest import assert_close, host
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from conftest import assert_close, host
 from fastbp.gradcheck import numerical_gradient, rel_error
-from fastbp.layers import (AddLayer, Affine, BatchNorm, Dropout, IdentityWithLoss, MulLayer,
-                           ReLU, Sigmoid, SoftmaxWithLoss)
+from fastbp.layers import (
+    AddLayer,
+    Affine,
+    BatchNorm,
+    Dropout,
+    IdentityWithLoss,
+    MulLayer,
+    ReLU,
+    Sigmoid,
+    SoftmaxWithLoss,
+)
 
 
 # ------------------------------------------------------- the worked examples

@@ -1,8 +1,8 @@
 import numpy
 import pytest
+from conftest import BACKENDS, assert_close, host
 
 import fastbp
-from conftest import BACKENDS, assert_close, host
 from fastbp.data import make_toy
 from fastbp.gradcheck import directional_check, gradient_check, rel_error
 from fastbp.nets import MultiLayerNet, TwoLayerNet

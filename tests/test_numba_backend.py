@@ -6,9 +6,9 @@ import sys
 
 import numpy
 import pytest
+from conftest import assert_close
 
 import fastbp
-from conftest import assert_close
 
 if "numba" not in fastbp.available_backends():
     pytest.skip("numba backend not installed (pip install 'fastbp[numba]')", allow_module_level=True)

@@ -3,8 +3,8 @@ import math
 
 import numpy
 import pytest
-
 from conftest import assert_close, host
+
 from fastbp.optim import SGD, AdaGrad, Adam, Momentum, Nesterov, RMSprop, clip_by_global_norm
 
 

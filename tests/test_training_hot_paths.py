@@ -6,10 +6,9 @@ keep the dtype of the arrays they update (state included).
 
 import numpy
 import pytest
+from conftest import assert_close, host
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from conftest import assert_close, host
 
 shapes = st.one_of(st.tuples(st.integers(1, 30)), st.tuples(st.integers(1, 20), st.integers(1, 20)))
 

@@ -12,7 +12,7 @@ import numpy
 import pytest
 
 import fastbp
-from fastbp.benchmarks import command, contenders, gradients, kernels, textbook
+from fastbp.benchmarks import command, contenders, gradients, kernels, textbook, train_step
 from fastbp.benchmarks.contenders import Problem, Shape
 from fastbp.benchmarks.timing import Contender, interleaved
 from fastbp.cli import build_parser
@@ -131,6 +131,20 @@ def test_sampled_numerical_gradient_matches_the_full_one_and_restores_params():
     assert sum(b.stop - b.start for b in blocks.values()) >= 4  # at least one of each array
     for key, block in blocks.items():
         numpy.testing.assert_allclose(sampled[key], full[key].reshape(-1)[block], rtol=1e-12)
+
+
+def test_train_step_table_shows_ratios_to_numba_and_what_was_skipped():
+    timing = {name: {"median_s": t} for name, t in
+              (("textbook", 4e-3), ("fastbp-numba", 2e-3), ("floor", 1e-3))}
+    group = {"device": "cpu", "shape": "784-50-10 B=100", "dtype": "float32",
+             "hero": "fastbp-numba", "timings": timing,
+             "speedup": {"textbook": 2.0, "fastbp-numba": 1.0, "floor": 0.5},
+             "skipped": {"jax": "JAX is not installed"}}
+    text = train_step.table({"groups": [group], "memory": [], "blas_independence": [],
+                             "blas": []})
+    assert "skipped jax: JAX is not installed" in text
+    row = next(line for line in text.splitlines() if line.startswith("784-50-10") and "x" in line)
+    assert row.split()[-2:] == ["2x", "2x"]  # 2x faster than the textbook, twice the floor
 
 
 def test_gradient_problems_keep_relu_inputs_off_the_kink():

@@ -168,4 +168,5 @@ def table(result: dict) -> str:
         "Kernels: median time per call, interleaved; speed-up over the plain NumPy (textbook) "
         "expression, or over fastbp-numpy for updates the textbook lacks",
         ("kernel", "size", "dtype", *names, *(f"{n.removeprefix('fastbp-')} speed-up"
-                                             for n in fast)), rows)
+                                             for n in fast)), rows,
+        report.skipped_lines(result["rows"]))

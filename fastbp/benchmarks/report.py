@@ -42,6 +42,14 @@ def table(title: str, headers, rows, notes=()) -> str:
     return "\n".join(out) + "\n"
 
 
+def skipped_lines(results) -> list:
+    """``skipped NAME: why`` once per contender that some measurement had to leave out."""
+    reasons = {}
+    for r in results:
+        reasons.update(r.get("skipped", {}))
+    return [f"skipped {name}: {why}" for name, why in reasons.items()]
+
+
 def blas_lines(blas: list) -> list:
     """One line per loaded BLAS library: which kernels ran, with any warning."""
     lines = []

@@ -161,7 +161,8 @@ def _device_tables(device, groups) -> str:
                  for g in groups]
     hero = groups[0]["hero"]
     text = report.table(f"Train step (SGD), {device.upper()}: median time per step, "
-                        "interleaved rounds", ("shape", "dtype", *names), time_rows)
+                        "interleaved rounds", ("shape", "dtype", *names), time_rows,
+                        report.skipped_lines(groups))
     if not hero:
         return text
     others = [n for n in names if n != hero and not n.startswith("floor")]

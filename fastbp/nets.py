@@ -133,6 +133,9 @@ class MultiLayerNet:
             if self.use_dropout:
                 self.layers[f"Dropout{i}"] = Dropout(self.dropout_ratio, be, dropout_seeds[i - 1])
         self.last_layer = SoftmaxWithLoss(be)
+        # the arrays of params, by layer, for the fused step (updated in place, like the layers')
+        self._weights = [p[f"W{i}"] for i in range(1, self.n_layers + 1)]
+        self._biases = [p[f"b{i}"] for i in range(1, self.n_layers + 1)]
 
     # ------------------------------------------------------------- validation
     def _prepare(self, x, t=None, where="forward", check_labels=True):
@@ -270,9 +273,8 @@ class MultiLayerNet:
         """
         x, t = self._prepare(x, t, where="train_step", check_labels=check_labels)
         if self._fused_step_applies(optimizer):
-            weights = [self.params[f"W{i}"] for i in range(1, self.n_layers + 1)]
-            biases = [self.params[f"b{i}"] for i in range(1, self.n_layers + 1)]
-            return self.backend.mlp_sgd_step(x, t, weights, biases, self.activation, optimizer.lr)
+            return self.backend.mlp_sgd_step(x, t, self._weights, self._biases, self.activation,
+                                             optimizer.lr)
         loss, grads = self._loss_and_gradient(x, t)
         optimizer.update(self.params, grads, backend=self.backend)
         return loss

@@ -215,13 +215,25 @@ def softmax_xent(z, b, t, out, scale, one):
     return _sum(losses)
 
 
+@njit(cache=True)
+def _xent_grad_rows(probs, t, dx, scale, one, start, stop):
+    for i in range(start, stop):
+        for j in range(probs.shape[1]):
+            if t.ndim == 2:
+                dx[i, j] = (probs[i, j] - t[i, j]) * scale
+            else:
+                dx[i, j] = (probs[i, j] - (one if t[i] == j else one - one)) * scale
+
+
 @njit(cache=True, parallel=True)
 def softmax_xent_backward(probs, t, dx, scale, one):
     """``dx = (probs - onehot(t)) * scale``."""
-    for i in prange(probs.shape[0]):
-        for j in range(probs.shape[1]):
-            dx[i, j] = (probs[i, j] - (t[i, j] if t.ndim == 2 else
-                                       (one if t[i] == j else one - one))) * scale
+    n = probs.shape[0]
+    if probs.size >= PARALLEL_MIN:
+        for c in prange((n + CHUNK - 1) // CHUNK):
+            _xent_grad_rows(probs, t, dx, scale, one, c * CHUNK, min(c * CHUNK + CHUNK, n))
+    else:
+        _xent_grad_rows(probs, t, dx, scale, one, 0, n)
 
 
 @njit(cache=True)
@@ -281,60 +293,81 @@ def optimizer_update(kind, p, g, s1, s2, c):
 
 
 # ----------------------------------------------------- a whole tiny step
+@njit(cache=True, fastmath={"reassoc"})
+def _dot(a, b):
+    """A dot product free to reorder its sum, so it vectorises (rounding ~1e-16 relative)."""
+    s = a[0] - a[0]
+    for i in range(a.shape[0]):
+        s += a[i] * b[i]
+    return s
+
+
 @njit(cache=True)
 def tiny_mlp_sgd_step(x, t, W1, b1, W2, b2, act, lr, scale, one):
     """One SGD step of Affine-act-Affine-softmax on a tiny net, in loops, no BLAS.
 
     For nets like the 2-8-2 toy, calling BLAS five times costs more than the
-    arithmetic: this runs forward, backward and the update in one call, one
-    sample at a time, with the gradients accumulated in small buffers.  Every
-    inner loop runs along the hidden units, so it vectorises.  ``t`` holds
-    class indices; ``scale`` is ``1 / N`` in the arrays' dtype.  Returns the
-    summed (not yet averaged) loss, like :func:`softmax_xent`.
+    arithmetic: this runs forward, backward and the update in one call.  It
+    works on transposed activations (units x samples), so every inner loop runs
+    along the batch and vectorises; only the weight and bias gradients are
+    reductions.  ``t`` holds class indices; ``scale`` is ``1 / N`` in the
+    arrays' dtype.  Returns the summed (not yet averaged) loss, like
+    :func:`softmax_xent`.
     """
     n, d_in = x.shape
     d_hid, d_out = W2.shape
     zero = one - one
-    W2T = np.ascontiguousarray(W2.T)
-    h = np.empty((n, d_hid), dtype=x.dtype)
-    z = np.zeros((n, d_out), dtype=x.dtype)
-    for i in range(n):
-        h[i] = b1
+    xT = np.ascontiguousarray(x.T)
+    hT = np.empty((d_hid, n), dtype=x.dtype)
+    for j in range(d_hid):
+        hT[j, :] = b1[j]
         for k in range(d_in):
-            a = x[i, k]
-            for j in range(d_hid):
-                h[i, j] += a * W1[k, j]
+            w = W1[k, j]
+            for i in range(n):
+                hT[j, i] += w * xT[k, i]
+        for i in range(n):
+            hT[j, i] = _act(hT[j, i], act, one)
+    zT = np.empty((d_out, n), dtype=x.dtype)
+    for c in range(d_out):
+        zT[c, :] = b2[c]
         for j in range(d_hid):
-            h[i, j] = _act(h[i, j], act, one)
-        for c in range(d_out):
-            for j in range(d_hid):
-                z[i, c] += h[i, j] * W2T[c, j]
-    losses = np.empty(n, dtype=x.dtype)
-    dy = np.empty_like(z)
-    _xent_rows(z, b2, t, dy, losses, scale, one, 0, n)
+            w = W2[j, c]
+            for i in range(n):
+                zT[c, i] += w * hT[j, i]
 
-    g = np.empty(d_hid, dtype=x.dtype)
-    gW1 = np.zeros_like(W1)
-    gb1 = np.zeros_like(b1)
-    gW2T = np.zeros_like(W2T)
-    gb2 = np.zeros_like(b2)
+    # softmax + cross-entropy, sample by sample along the batch; dT becomes the gradient
+    shift = zT[0].copy()
+    for c in range(1, d_out):
+        for i in range(n):
+            shift[i] = max(shift[i], zT[c, i])
+    total = np.zeros(n, dtype=x.dtype)
+    dT = np.empty_like(zT)
+    for c in range(d_out):
+        for i in range(n):
+            e = np.exp(zT[c, i] - shift[i])
+            dT[c, i] = e
+            total[i] += e
+    losses = np.empty(n, dtype=x.dtype)
     for i in range(n):
-        g[:] = zero
+        losses[i] = np.log(total[i]) - (zT[t[i], i] - shift[i])
+    for c in range(d_out):
+        for i in range(n):
+            dT[c, i] = (dT[c, i] / total[i] - (one if t[i] == c else zero)) * scale
+
+    gT = np.zeros((d_hid, n), dtype=x.dtype)  # gradient at the hidden pre-activations
+    for j in range(d_hid):
         for c in range(d_out):
-            a = dy[i, c]
-            gb2[c] += a
-            for j in range(d_hid):
-                g[j] += a * W2T[c, j]
-                gW2T[c, j] += a * h[i, j]
+            w = W2[j, c]
+            for i in range(n):
+                gT[j, i] += w * dT[c, i]
+        for i in range(n):
+            gT[j, i] *= _act_grad(hT[j, i], act, one)
+    for c in range(d_out):
         for j in range(d_hid):
-            g[j] *= _act_grad(h[i, j], act, one)
-            gb1[j] += g[j]
+            W2[j, c] -= lr * _dot(hT[j], dT[c])
+        b2[c] -= lr * _sum(dT[c])
+    for j in range(d_hid):
         for k in range(d_in):
-            a = x[i, k]
-            for j in range(d_hid):
-                gW1[k, j] += a * g[j]
-    W1 -= lr * gW1
-    b1 -= lr * gb1
-    W2 -= lr * gW2T.T
-    b2 -= lr * gb2
+            W1[k, j] -= lr * _dot(xT[k], gT[j])
+        b1[j] -= lr * _sum(gT[j])
     return _sum(losses)

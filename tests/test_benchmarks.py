@@ -195,6 +195,7 @@ def test_bench_kernels_quick_writes_json_with_the_machine(tmp_path):
     record = json.loads(path.read_text())
     machine = record["machine"]
     assert machine["cpu"]["model"] and machine["cpu"]["cores"] >= 1 and machine["blas"]
+    assert isinstance(machine["gpu"], list) and machine["packages"]["numpy"]
     assert "OPENBLAS_CORETYPE" not in machine["environment"]
     assert record["blas_env"]["unset"] == {"OPENBLAS_CORETYPE": "Haswell"}
     rows = record["results"]["kernels"]["rows"]

@@ -55,6 +55,21 @@ def _argv(args) -> list:
     return argv + (["--keep-blas-env"] if args.keep_blas_env else [])
 
 
+def _gpus() -> list:
+    """The CUDA devices this run could use, as the cupy backend and PyTorch describe them."""
+    import fastbp
+
+    found = []
+    cupy = fastbp.backend_info()["cupy"]
+    if cupy["available"]:
+        found.append({"via": "fastbp cupy backend",
+                      **{k: v for k, v in cupy.items() if k != "available"}})
+    torch = sys.modules.get("torch")  # asked only if a contender imported it
+    if torch is not None and torch.cuda.is_available():
+        found.append({"via": "torch", "name": torch.cuda.get_device_name(0)})
+    return found
+
+
 def run(args) -> int:
     import fastbp
 
@@ -94,7 +109,7 @@ def run(args) -> int:
               "duration_s": time.perf_counter() - clock, "quick": settings.quick,
               "backends": backends, "dtypes": settings.dtypes,
               "blas_env": {"unset": unset, "kept": pins if args.keep_blas_env else {}},
-              "machine": machine_info(), "results": results}
+              "machine": {**machine_info(), "gpu": _gpus()}, "results": results}
     if args.json:
         from fastbp.benchmarks.report import write_json
 

@@ -134,7 +134,7 @@ def test_sampled_numerical_gradient_matches_the_full_one_and_restores_params():
 
 
 def test_train_step_table_shows_ratios_to_numba_and_what_was_skipped():
-    timing = {name: {"median_s": t} for name, t in
+    timing = {name: {"median_s": t, "spread": 0.1} for name, t in
               (("textbook", 4e-3), ("fastbp-numba", 2e-3), ("floor", 1e-3))}
     group = {"device": "cpu", "shape": "784-50-10 B=100", "dtype": "float32",
              "hero": "fastbp-numba", "timings": timing,

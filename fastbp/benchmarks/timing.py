@@ -127,8 +127,10 @@ def interleaved(contenders, rounds: int, round_s: float = 0.03, pause_s: float =
 
     Each contender is warmed up and calibrated first; then the rounds visit
     the contenders in order, A B C A B C ..., each after at least ``pause_s``
-    and until the process is idle (:func:`settle`).  Returns ``{name: Timing}``
-    in the contenders' order.
+    and until the process is idle (:func:`settle`), and each starting with
+    one untimed call, so the round sees the steady state of a training loop
+    (threads awake, caches warm).  Returns ``{name: Timing}`` in the
+    contenders' order.
     """
     contenders = list(contenders)
     timings = {}
@@ -140,6 +142,7 @@ def interleaved(contenders, rounds: int, round_s: float = 0.03, pause_s: float =
     for _ in range(rounds):
         for c in contenders:
             settle(pause_s)
+            run_round(c, 1)  # untimed: wakes the threads that settling let sleep
             timing = timings[c.name]
             timing.samples.append(run_round(c, timing.calls_per_round) / timing.calls_per_round)
     return timings

@@ -160,9 +160,12 @@ def _device_tables(device, groups) -> str:
                                            if n in g["timings"] else "-" for n in names))
                  for g in groups]
     hero = groups[0]["hero"]
+    spreads = sorted(t["spread"] for g in groups for t in g["timings"].values())
+    noise = (f"round-to-round spread (interquartile range / median): typically "
+             f"{spreads[len(spreads) // 2]:.0%}, at most {spreads[-1]:.0%}")
     text = report.table(f"Train step (SGD), {device.upper()}: median time per step, "
                         "interleaved rounds", ("shape", "dtype", *names), time_rows,
-                        report.skipped_lines(groups))
+                        [noise, *report.skipped_lines(groups)])
     if not hero:
         return text
     others = [n for n in names if n != hero and not n.startswith("floor")]

@@ -120,7 +120,10 @@ def test_softmax_with_loss_backward_matches_numerical(backend, n, c, seed, one_h
     layer.forward(x, t)
     numeric = numerical_gradient(lambda _: layer.forward(x, t), x)
     layer.forward(x, t)
-    assert rel_error(layer.backward(), numeric) < 1e-7
+    analytic = layer.backward()
+    # central differences carry an absolute error of about eps * loss / h: tiny gradients
+    # (a confident, correct prediction) are compared absolutely
+    assert rel_error(analytic, numeric) < 1e-7 or abs(host(analytic) - host(numeric)).max() < 1e-10
 
 
 @settings(max_examples=20, deadline=None)
@@ -131,7 +134,10 @@ def test_identity_with_loss_backward_matches_numerical(backend, n, c, seed):
     layer = IdentityWithLoss(backend)
     numeric = numerical_gradient(lambda _: layer.forward(x, t), x)
     layer.forward(x, t)
-    assert rel_error(layer.backward(), numeric) < 1e-7
+    analytic = layer.backward()
+    # central differences carry an absolute error of about eps * loss / h: tiny gradients
+    # (a confident, correct prediction) are compared absolutely
+    assert rel_error(analytic, numeric) < 1e-7 or abs(host(analytic) - host(numeric)).max() < 1e-10
 
 
 # ------------------------------------------------------------ layer contracts

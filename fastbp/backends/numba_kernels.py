@@ -4,12 +4,13 @@ Conventions that keep results equal to the NumPy reference:
 
 - Scalars arrive already cast to the arrays' dtype (a Python float or int
   literal would promote float32 arithmetic to float64 inside numba).
-- Row loops run in parallel only above ``PARALLEL_MIN`` elements (a parallel
-  launch costs microseconds); the per-row work lives in a helper so the serial
-  and parallel loops share it.
-- Reductions across rows (losses, bias gradients) are summed in fixed-size row
-  chunks and then in chunk order, so the result does not depend on the number
-  of threads.
+- Only the softmax + cross-entropy pass runs rows in parallel, and only above
+  ``PARALLEL_MIN`` elements (a parallel launch costs microseconds; each
+  parallel kernel adds about a second to a cold compile, and on these sizes
+  the element-wise passes are a few per cent of a step next to BLAS).
+- Reductions across rows are plain loops in a fixed order, and the per-row
+  losses are summed after the parallel loop, so no result depends on the
+  number of threads.
 
 Activations are coded as ``IDENTITY``, ``RELU``, ``SIGMOID``.
 """
@@ -25,7 +26,7 @@ CHUNK = 64
 
 
 # ------------------------------------------------------------ element-wise
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _sigmoid(v, one):
     # exp of a non-positive number only: no overflow in either branch.
     if v >= 0:
@@ -34,7 +35,7 @@ def _sigmoid(v, one):
     return e / (one + e)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _act(v, act, one):
     if act == RELU:
         return v if v > 0 else one - one
@@ -43,7 +44,7 @@ def _act(v, act, one):
     return v
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _act_grad(a, act, one):
     """The activation's derivative from its output ``a``."""
     if act == RELU:
@@ -54,111 +55,52 @@ def _act_grad(a, act, one):
 
 
 @njit(cache=True)
-def _bias_act_rows(z, b, act, one, start, stop):
-    for i in range(start, stop):
+def bias_act_forward(z, b, act, one):
+    """In place: ``z = act(z + b)`` for a 2-D ``z`` (the output of a matrix product)."""
+    for i in range(z.shape[0]):
         for j in range(z.shape[1]):
             z[i, j] = _act(z[i, j] + b[j], act, one)
 
 
-@njit(cache=True, parallel=True)
-def bias_act_forward(z, b, act, one):
-    """In place: ``z = act(z + b)`` for a 2-D ``z`` (the output of a matrix product)."""
-    n = z.shape[0]
-    if z.size >= PARALLEL_MIN:
-        for c in prange((n + CHUNK - 1) // CHUNK):
-            _bias_act_rows(z, b, act, one, c * CHUNK, min(c * CHUNK + CHUNK, n))
-    else:
-        _bias_act_rows(z, b, act, one, 0, n)
-
-
 @njit(cache=True)
-def _act_grad_chunk(d, a, act, one, partial, c):
-    """Rows ``c*CHUNK ...`` of ``d *= act'(a)``, and their column sums into ``partial[c]``."""
-    partial[c, :] = one - one
-    for i in range(c * CHUNK, min(c * CHUNK + CHUNK, d.shape[0])):
-        for j in range(d.shape[1]):
-            if act != IDENTITY:  # IDENTITY only reads d: the plain column sums
-                d[i, j] = d[i, j] * _act_grad(a[i, j], act, one)
-            partial[c, j] += d[i, j]
-
-
-@njit(cache=True)
-def _col_sums_serial(d, a, act, one):
-    n_chunks = (d.shape[0] + CHUNK - 1) // CHUNK
-    partial = np.empty((n_chunks, d.shape[1]), dtype=d.dtype)
-    for c in range(n_chunks):
-        _act_grad_chunk(d, a, act, one, partial, c)
-    return _sum_chunks(partial)
-
-
-@njit(cache=True)
-def _sum(values):
-    """A plain loop: inside a ``parallel=True`` kernel ``values.sum()`` would become a
-    thread-count-dependent parallel reduction."""
-    total = values[0] - values[0]
-    for v in values:
-        total += v
-    return total
-
-
-@njit(cache=True)
-def _sum_chunks(partial):
-    out = partial[0].copy()
-    for c in range(1, partial.shape[0]):
-        out += partial[c]
-    return out
-
-
-@njit(cache=True, parallel=True)
 def act_backward_col_sums(d, a, act, one):
     """In place ``d *= act'(a)`` (``a`` is the activation's output); returns ``d.sum(axis=0)``.
 
     ReLU backward fused with the bias gradient of the layer below.  With
-    ``IDENTITY`` it is just the column sums (the bias gradient of any layer).
+    ``IDENTITY`` it only reads ``d``: the column sums (any layer's bias gradient).
     """
-    if d.size < PARALLEL_MIN:
-        return _col_sums_serial(d, a, act, one)
-    n_chunks = (d.shape[0] + CHUNK - 1) // CHUNK
-    partial = np.empty((n_chunks, d.shape[1]), dtype=d.dtype)
-    for c in prange(n_chunks):
-        _act_grad_chunk(d, a, act, one, partial, c)
-    return _sum_chunks(partial)
+    out = np.zeros(d.shape[1], dtype=d.dtype)
+    for i in range(d.shape[0]):
+        for j in range(d.shape[1]):
+            if act != IDENTITY:
+                d[i, j] = d[i, j] * _act_grad(a[i, j], act, one)
+            out[j] += d[i, j]
+    return out
 
 
 @njit(cache=True)
-def _map_rows(x, out, act, one, start, stop):
-    for i in range(start, stop):
+def act_forward(x, out, act, one):
+    """``out = act(x)`` (any layout)."""
+    for i in range(x.shape[0]):
         for j in range(x.shape[1]):
             out[i, j] = _act(x[i, j], act, one)
 
 
-@njit(cache=True, parallel=True)
-def act_forward(x, out, act, one):
-    """``out = act(x)`` (any layout)."""
-    n = x.shape[0]
-    if x.size >= PARALLEL_MIN:
-        for c in prange((n + CHUNK - 1) // CHUNK):
-            _map_rows(x, out, act, one, c * CHUNK, min(c * CHUNK + CHUNK, n))
-    else:
-        _map_rows(x, out, act, one, 0, x.shape[0])
-
-
 @njit(cache=True)
-def _grad_rows(dout, a, dx, act, one, start, stop):
-    for i in range(start, stop):
+def act_backward(dout, a, dx, act, one):
+    """``dx = dout * act'(a)``; for ReLU ``a`` may be the mask or the output."""
+    for i in range(dout.shape[0]):
         for j in range(dout.shape[1]):
             dx[i, j] = dout[i, j] * _act_grad(a[i, j], act, one)
 
 
-@njit(cache=True, parallel=True)
-def act_backward(dout, a, dx, act, one):
-    """``dx = dout * act'(a)``; for ReLU ``a`` may be the mask or the output."""
-    n = dout.shape[0]
-    if dout.size >= PARALLEL_MIN:
-        for c in prange((n + CHUNK - 1) // CHUNK):
-            _grad_rows(dout, a, dx, act, one, c * CHUNK, min(c * CHUNK + CHUNK, n))
-    else:
-        _grad_rows(dout, a, dx, act, one, 0, dout.shape[0])
+@njit(cache=True)
+def _sum(values):
+    """A plain loop in index order: a fixed summation order, whatever the threads."""
+    total = values[0] - values[0]
+    for v in values:
+        total += v
+    return total
 
 
 # ------------------------------------------------- softmax + cross-entropy
@@ -216,24 +158,14 @@ def softmax_xent(z, b, t, out, scale, one):
 
 
 @njit(cache=True)
-def _xent_grad_rows(probs, t, dx, scale, one, start, stop):
-    for i in range(start, stop):
+def softmax_xent_backward(probs, t, dx, scale, one):
+    """``dx = (probs - onehot(t)) * scale``."""
+    for i in range(probs.shape[0]):
         for j in range(probs.shape[1]):
             if t.ndim == 2:
                 dx[i, j] = (probs[i, j] - t[i, j]) * scale
             else:
                 dx[i, j] = (probs[i, j] - (one if t[i] == j else one - one)) * scale
-
-
-@njit(cache=True, parallel=True)
-def softmax_xent_backward(probs, t, dx, scale, one):
-    """``dx = (probs - onehot(t)) * scale``."""
-    n = probs.shape[0]
-    if probs.size >= PARALLEL_MIN:
-        for c in prange((n + CHUNK - 1) // CHUNK):
-            _xent_grad_rows(probs, t, dx, scale, one, c * CHUNK, min(c * CHUNK + CHUNK, n))
-    else:
-        _xent_grad_rows(probs, t, dx, scale, one, 0, n)
 
 
 @njit(cache=True)
@@ -251,14 +183,14 @@ SGD, MOMENTUM, NESTEROV, ADAGRAD, RMSPROP, ADAM = range(6)
 
 
 @njit(cache=True)
-def _update_span(kind, p, g, s1, s2, c, start, stop):
-    """Elements ``start:stop`` of one optimizer update, in place on flat arrays.
+def optimizer_update(kind, p, g, s1, s2, c):
+    """One fused pass of an optimizer update, in place on flat (1-D) arrays.
 
     ``s1``/``s2`` are the optimizer's state (velocity, h, or Adam's m and v;
     unused ones alias ``p``) and ``c`` its constants in the arrays' dtype, in
     the order the reference applies them, so every rounding step matches it.
     """
-    for i in range(start, stop):
+    for i in range(p.size):
         if kind == SGD:  # c: lr
             p[i] -= c[0] * g[i]
         elif kind == MOMENTUM:  # c: lr, momentum
@@ -278,18 +210,6 @@ def _update_span(kind, p, g, s1, s2, c, start, stop):
             s1[i] = s1[i] * c[2] + c[3] * g[i]
             s2[i] = s2[i] * c[4] + c[5] * (g[i] * g[i])
             p[i] -= c[0] * s1[i] / (np.sqrt(s2[i]) + c[1])
-
-
-@njit(cache=True, parallel=True)
-def optimizer_update(kind, p, g, s1, s2, c):
-    """One fused pass of an optimizer update over flat (1-D) arrays, in place."""
-    n = p.size
-    if n >= PARALLEL_MIN:
-        chunk = 1 << 12
-        for k in prange((n + chunk - 1) // chunk):
-            _update_span(kind, p, g, s1, s2, c, k * chunk, min(k * chunk + chunk, n))
-    else:
-        _update_span(kind, p, g, s1, s2, c, 0, n)
 
 
 # ----------------------------------------------------- a whole tiny step

@@ -223,6 +223,19 @@ def _dot(a, b):
 
 
 @njit(cache=True)
+def _affine_transposed(aT, W, b):
+    """``(a @ W + b).T`` from ``a.T``, accumulating along the batch (contiguous)."""
+    outT = np.empty((W.shape[1], aT.shape[1]), dtype=aT.dtype)
+    for j in range(W.shape[1]):
+        outT[j, :] = b[j]
+        for k in range(W.shape[0]):
+            w = W[k, j]
+            for i in range(aT.shape[1]):
+                outT[j, i] += w * aT[k, i]
+    return outT
+
+
+@njit(cache=True)
 def tiny_mlp_sgd_step(x, t, W1, b1, W2, b2, act, lr, scale, one):
     """One SGD step of Affine-act-Affine-softmax on a tiny net, in loops, no BLAS.
 
@@ -238,22 +251,11 @@ def tiny_mlp_sgd_step(x, t, W1, b1, W2, b2, act, lr, scale, one):
     d_hid, d_out = W2.shape
     zero = one - one
     xT = np.ascontiguousarray(x.T)
-    hT = np.empty((d_hid, n), dtype=x.dtype)
+    hT = _affine_transposed(xT, W1, b1)
     for j in range(d_hid):
-        hT[j, :] = b1[j]
-        for k in range(d_in):
-            w = W1[k, j]
-            for i in range(n):
-                hT[j, i] += w * xT[k, i]
         for i in range(n):
             hT[j, i] = _act(hT[j, i], act, one)
-    zT = np.empty((d_out, n), dtype=x.dtype)
-    for c in range(d_out):
-        zT[c, :] = b2[c]
-        for j in range(d_hid):
-            w = W2[j, c]
-            for i in range(n):
-                zT[c, i] += w * hT[j, i]
+    zT = _affine_transposed(hT, W2, b2)
 
     # softmax + cross-entropy, sample by sample along the batch; dT becomes the gradient
     shift = zT[0].copy()

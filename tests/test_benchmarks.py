@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy
 import pytest
@@ -14,7 +15,7 @@ import pytest
 import fastbp
 from fastbp.benchmarks import command, contenders, gradients, kernels, textbook, train_step
 from fastbp.benchmarks.contenders import Problem, Shape
-from fastbp.benchmarks.timing import Contender, interleaved
+from fastbp.benchmarks.timing import Contender, OtherLoad, interleaved
 from fastbp.cli import build_parser
 from fastbp.gradcheck import rel_error
 from fastbp.nets import TwoLayerNet
@@ -121,6 +122,13 @@ def test_interleaved_refuses_duplicate_names():
         interleaved([Contender("A", int), Contender("A", int)], rounds=1)
 
 
+def test_other_load_is_a_share_of_the_machine():
+    watch = OtherLoad()
+    time.sleep(0.05)
+    share = watch.share()
+    assert share is None or 0.0 <= share <= 1.0
+
+
 def test_sampled_numerical_gradient_matches_the_full_one_and_restores_params():
     net, x, t = gradients.make_problem(Shape(6, 5, 3, 4), fastbp.get_backend())
     full = net.numerical_gradient(x, t)
@@ -198,6 +206,7 @@ def test_bench_kernels_quick_writes_json_with_the_machine(tmp_path):
     assert isinstance(machine["gpu"], list) and machine["packages"]["numpy"]
     assert "OPENBLAS_CORETYPE" not in machine["environment"]
     assert record["blas_env"]["unset"] == {"OPENBLAS_CORETYPE": "Haswell"}
+    assert set(record["other_load"]) == {"kernels"}
     rows = record["results"]["kernels"]["rows"]
     assert {r["kernel"] for r in rows} >= set(kernels.HOT_PATHS)
     assert all(t["median_s"] > 0 for r in rows for t in r["timings"].values())

@@ -24,6 +24,8 @@ BLAS_PINS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 #: set in the restarted process: the pins its parent removed, as JSON
 UNSET_VARIABLE = "FASTBP_BENCH_UNSET_BLAS_ENV"
 DTYPES = ("float64", "float32")
+#: share of the CPUs other processes may take during a suite before the run says so
+BUSY = 0.1
 
 
 def add_arguments(parser):
@@ -84,6 +86,7 @@ def run(args) -> int:
     unset = json.loads(os.environ.pop(UNSET_VARIABLE, "{}"))
 
     from fastbp.benchmarks.settings import Settings
+    from fastbp.benchmarks.timing import OtherLoad
     from fastbp.sysinfo import machine_info
 
     backends = list(dict.fromkeys(args.backend or fastbp.available_backends()))
@@ -99,16 +102,23 @@ def run(args) -> int:
         print(f"note: measured with {pins} as set (--keep-blas-env)\n")
 
     started, clock = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
-    results = {}
+    results, other_load = {}, {}
     for suite in suites:
         module = importlib.import_module(f"fastbp.benchmarks.{SUITES[suite]}")
+        watch = OtherLoad()
         results[suite] = module.run(settings)
         print(module.table(results[suite]), flush=True)
+        other_load[suite] = watch.share()
+        if other_load[suite] is not None and other_load[suite] > BUSY:
+            print(f"note: other processes took {other_load[suite]:.0%} of the CPUs during the "
+                  f"{suite} suite; its times are unreliable: run it again on a quiet machine\n",
+                  flush=True)
 
     record = {"command": command, "started": started.isoformat(timespec="seconds"),
               "duration_s": time.perf_counter() - clock, "quick": settings.quick,
               "backends": backends, "dtypes": settings.dtypes,
               "blas_env": {"unset": unset, "kept": pins if args.keep_blas_env else {}},
+              "other_load": other_load,
               "machine": {**machine_info(), "gpu": _gpus()}, "results": results}
     if args.json:
         from fastbp.benchmarks.report import write_json

@@ -15,6 +15,8 @@ contender, which then measures the previous one's leftovers.
 from __future__ import annotations
 
 import gc
+import os
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -146,6 +148,41 @@ def interleaved(contenders, rounds: int, round_s: float = 0.03, pause_s: float =
             timing = timings[c.name]
             timing.samples.append(run_round(c, timing.calls_per_round) / timing.calls_per_round)
     return timings
+
+
+class OtherLoad:
+    """The share of the machine's CPU time that other processes took since creation.
+
+    Interleaving shields ratios from slow drift, not from a neighbour taking
+    a core away for minutes; this says whether that happened.  Busy time of
+    all CPUs comes from ``/proc/stat`` (Linux; ``share`` is None elsewhere),
+    this process's own from ``getrusage`` (itself and its finished children).
+    """
+
+    def __init__(self):
+        self._start = self._sample()
+
+    @staticmethod
+    def _sample():
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+        busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+        own = sum(getattr(resource.getrusage(who), part)
+                  for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+                  for part in ("ru_utime", "ru_stime"))
+        return busy, own, time.perf_counter()
+
+    def share(self) -> float | None:
+        end = self._sample()
+        if self._start is None or end is None:
+            return None
+        busy, own, wall = (b - a for a, b in zip(self._start, end))
+        # /proc/stat counts in clock ticks (10 ms): clamp what rounding leaves outside [0, 1]
+        return min(1.0, max(0.0, (busy - own) / (wall * (os.cpu_count() or 1))))
 
 
 def time_once(fn: Callable[[], object], sync: Callable[[], object] | None = None) -> float:

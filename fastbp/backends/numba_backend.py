@@ -171,7 +171,7 @@ class NumbaBackend(NumpyBackend):
             super().nesterov_update(param, grad, velocity, lr, momentum)
 
     def adagrad_update(self, param, grad, h, lr, eps):
-        if not _fused_update(K.ADAGRAD, (param, grad, h), (lr, eps)):
+        if not _fused_update(K.ADAGRAD, (param, grad, h), (lr, eps, 0, 0)):
             super().adagrad_update(param, grad, h, lr, eps)
 
     def rmsprop_update(self, param, grad, h, lr, decay_rate, eps):

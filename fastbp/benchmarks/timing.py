@@ -83,13 +83,7 @@ def run_round(contender: Contender, calls: int) -> float:
         total = 0.0
         for _ in range(calls):
             before()
-            if sync:
-                sync()
-            start = time.perf_counter()
-            fn()
-            if sync:
-                sync()
-            total += time.perf_counter() - start
+            total += time_once(fn, sync)
         return total
     finally:
         if gc_was_enabled:

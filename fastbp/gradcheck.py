@@ -22,19 +22,17 @@ import math
 
 import numpy
 
+from fastbp import to_numpy
+
 
 def rel_error(a, b) -> float:
     """``||a - b|| / max(||a||, ||b||)``, and 0 when both are 0."""
-    a = numpy.asarray(_host(a), dtype=numpy.float64)
-    b = numpy.asarray(_host(b), dtype=numpy.float64)
+    a = to_numpy(a).astype(numpy.float64)
+    b = to_numpy(b).astype(numpy.float64)
     if a.shape != b.shape:
         raise ValueError(f"rel_error: shapes differ: {a.shape} and {b.shape}")
     scale = max(numpy.linalg.norm(a), numpy.linalg.norm(b))
     return 0.0 if scale == 0 else float(numpy.linalg.norm(a - b) / scale)
-
-
-def _host(x):
-    return x.get() if hasattr(x, "get") and hasattr(x, "__cuda_array_interface__") else x
 
 
 def numerical_gradient(f, x, h=1e-4):

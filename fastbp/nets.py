@@ -180,7 +180,7 @@ class MultiLayerNet:
     def _weight_decay(self):
         if not self.weight_decay_lambda:
             return 0
-        total = sum((self.params[f"W{i}"] ** 2).sum() for i in range(1, self.n_layers + 1))
+        total = sum((W ** 2).sum() for W in self._weights)
         return 0.5 * self.weight_decay_lambda * total
 
     def _loss(self, x, t, train_flg=True):
@@ -207,7 +207,7 @@ class MultiLayerNet:
         y = self._predict(x).argmax(axis=1)
         if t.ndim != 1:
             t = t.argmax(axis=1)
-        return float((y == t).mean()) if len(y) else 0.0
+        return float((y == t).mean())
 
     # --------------------------------------------------------------- backward
     def _loss_and_gradient(self, x, t):
@@ -261,7 +261,7 @@ class MultiLayerNet:
 
     def _fused_step_applies(self, optimizer):
         """Plain SGD on a plain net: the backend may run the whole step as one fused call."""
-        return (type(optimizer) is SGD and not getattr(optimizer, "clip_norm", None)
+        return (type(optimizer) is SGD and optimizer.clip_norm is None
                 and not (self.weight_decay_lambda or self.use_dropout or self.use_batchnorm))
 
     def train_step(self, x, t, optimizer, check_labels=True):

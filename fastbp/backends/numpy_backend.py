@@ -191,11 +191,7 @@ class NumpyBackend:
         self._scaled_step(param, grad, h, lr, eps)
 
     def adam_update(self, param, grad, m, v, lr, beta1, beta2, step, eps):
-        """In place: Adam's moments and bias-corrected step; ``step`` counts from 1.
-
-        PyTorch adds ``eps`` to ``sqrt(v / (1 - beta2**step))``; multiplying
-        through by ``sqrt(1 - beta2**step)`` gives the textbook's ``lr_t`` form.
-        """
+        """In place: Adam's moments and bias-corrected step (``adam_step_size``); ``step`` counts from 1."""
         m *= beta1
         m += (1 - beta1) * grad
         v *= beta2

@@ -13,6 +13,7 @@ to the reference implementation.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -54,6 +55,21 @@ def _floats(*arrays):
     """True when the kernels handle these arrays: one float dtype, 2-D first argument."""
     dtype = arrays[0].dtype
     return dtype in _FLOATS and arrays[0].ndim == 2 and all(a.dtype == dtype for a in arrays)
+
+
+def _all_of_dtype(arrays, dtype):
+    """A plain loop: ``all()`` over a generator costs as much as a tiny step's checks."""
+    for a in arrays:
+        if a.dtype != dtype:
+            return False
+    return True
+
+
+@functools.lru_cache(maxsize=64)
+def _step_constants(dtype, lr, n):
+    """``1``, ``lr`` and ``1 / n`` in ``dtype``: built once per training run, not per step."""
+    one = dtype.type(1)
+    return one, dtype.type(lr), one / dtype.type(n)
 
 
 def _fused_update(kind, arrays, constants):
@@ -189,10 +205,10 @@ class NumbaBackend(NumpyBackend):
     def mlp_sgd_step(self, x, t, weights, biases, activation, lr):
         dtype = x.dtype
         arrays = (*weights, *biases)
-        if dtype not in _FLOATS or any(a.dtype != dtype for a in arrays):
+        if dtype not in _FLOATS or not _all_of_dtype(arrays, dtype):
             return super().mlp_sgd_step(x, t, weights, biases, activation, lr)
-        n, act, one, lr_ = x.shape[0], _ACTIVATIONS[activation], dtype.type(1), dtype.type(lr)
-        scale = one / dtype.type(n)
+        n, act = x.shape[0], _ACTIVATIONS[activation]
+        one, lr_, scale = _step_constants(dtype, lr, n)
         tiny = n * (weights[0].size + weights[-1].size) <= TINY_STEP_FLOPS
         if len(weights) == 2 and t.ndim == 1 and tiny:
             total = K.tiny_mlp_sgd_step(x, t, weights[0], biases[0], weights[1], biases[1],
@@ -212,16 +228,14 @@ class NumbaBackend(NumpyBackend):
         d = np.empty_like(logits)
         total = K.softmax_xent(logits, biases[-1], t, d, scale, one)
 
-        # backward, with each update folded into the product that makes its gradient
-        lr_array = np.array([lr_], dtype=dtype)
-        db = K.act_backward_col_sums(d, d, K.IDENTITY, one)
+        # backward, with each update folded into the pass that makes its gradient
+        K.act_backward_bias_sgd(d, d, K.IDENTITY, one, biases[-1], lr_)
         for i in reversed(range(len(weights))):
             W, a_in = weights[i], acts[i]
             if i:  # the gradient below uses W before its update
                 d_below = gemm(d, W, np.empty(a_in.shape, dtype=dtype), trans_b=True)
-                db_below = K.act_backward_col_sums(d_below, a_in, act, one)
+                K.act_backward_bias_sgd(d_below, a_in, act, one, biases[i - 1], lr_)
             gemm(a_in, d, W, trans_a=True, alpha=-lr_, beta=one)
-            K.optimizer_update(K.SGD, biases[i], db, biases[i], biases[i], lr_array)
             if i:
-                d, db = d_below, db_below
+                d = d_below
         return dtype.type(total) / dtype.type(n)

@@ -82,6 +82,17 @@ def act_backward_col_sums(d, a, act, one):
 
 
 @njit(cache=True, error_model="numpy")
+def act_backward_bias_sgd(d, a, act, one, b, lr):
+    """In place ``d *= act'(a)``, then the SGD step ``b -= lr * d.sum(axis=0)``.
+
+    The train step's bias update, fused with the pass that makes its gradient.
+    """
+    db = act_backward_col_sums(d, a, act, one)
+    for j in range(b.shape[0]):
+        b[j] -= lr * db[j]
+
+
+@njit(cache=True, error_model="numpy")
 def act_forward(x, out, act, one):
     """``out = act(x)`` (any layout)."""
     for i in range(x.shape[0]):
@@ -234,6 +245,19 @@ def _dot(a, b):
     return s
 
 
+@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
+def _vector_sum(a):
+    """A sum free to reorder, so it vectorises: a plain loop waits on each add in turn.
+
+    The order is fixed when the kernel compiles, so results stay repeatable;
+    only this single-threaded tiny step uses it.
+    """
+    s = a[0] - a[0]
+    for i in range(a.shape[0]):
+        s += a[i]
+    return s
+
+
 @njit(cache=True, error_model="numpy")
 def _affine_transposed(aT, W, b):
     """``(a @ W + b).T`` from ``a.T``, accumulating along the batch (contiguous)."""
@@ -299,9 +323,9 @@ def tiny_mlp_sgd_step(x, t, W1, b1, W2, b2, act, lr, scale, one):
     for c in range(d_out):
         for j in range(d_hid):
             W2[j, c] -= lr * _dot(hT[j], dT[c])
-        b2[c] -= lr * _sum(dT[c])
+        b2[c] -= lr * _vector_sum(dT[c])
     for j in range(d_hid):
         for k in range(d_in):
             W1[k, j] -= lr * _dot(xT[k], gT[j])
-        b1[j] -= lr * _sum(gT[j])
-    return _sum(losses)
+        b1[j] -= lr * _vector_sum(gT[j])
+    return _vector_sum(losses)

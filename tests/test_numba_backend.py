@@ -15,7 +15,7 @@ if "numba" not in fastbp.available_backends():
 
 import numba  # noqa: E402
 
-from fastbp.backends import numba_backend, numba_kernels  # noqa: E402
+from fastbp.backends import numba_backend, numba_blas, numba_kernels  # noqa: E402
 from fastbp.nets import MultiLayerNet  # noqa: E402
 from fastbp.optim import SGD  # noqa: E402
 
@@ -51,38 +51,62 @@ def test_fused_step_matches_reference(sizes, batch, activation, one_hot, dtype):
         assert_close(nets[0].params[key], nets[1].params[key], dtype, key)
 
 
-def test_every_product_of_a_step_goes_through_scipy_blas(monkeypatch):
-    """Five products for a two-layer step (the first layer's dx is skipped), all via one BLAS."""
+def _count_products(monkeypatch):
     calls = []
-    for dtype, routine in list(numba_backend._GEMM.items()):
-        def counting(*args, _routine=routine, **kwargs):
-            calls.append(_routine)
-            return _routine(*args, **kwargs)
-        monkeypatch.setitem(numba_backend._GEMM, dtype, counting)
+    monkeypatch.setattr(numba_backend, "gemm",
+                        lambda *a, **k: calls.append(1) or numba_blas.gemm(*a, **k))
+    return calls
+
+
+def test_every_product_of_a_step_goes_through_one_gemm(monkeypatch):
+    """Five products for a two-layer step (the first layer's dx is skipped), all via one BLAS."""
+    calls = _count_products(monkeypatch)
     x, t = _problem((60, 40, 10), 64, "float64", False)
     net = MultiLayerNet(60, [40], 10, seed=0, backend="numba")
     net.train_step(x, t, SGD(lr=0.1))
     assert len(calls) == 5
 
 
-def test_layer_products_also_use_scipy_blas(monkeypatch):
-    calls = []
-    routine = numba_backend._GEMM[numpy.dtype("float64")]
-    monkeypatch.setitem(numba_backend._GEMM, numpy.dtype("float64"),
-                        lambda *a, **k: calls.append(1) or routine(*a, **k))
+def test_layer_products_also_use_the_one_gemm(monkeypatch):
+    calls = _count_products(monkeypatch)
     x, t = _problem((60, 40, 10), 64, "float64", False)
     MultiLayerNet(60, [40], 10, seed=0, backend="numba").gradient(x, t)
     assert len(calls) == 5
 
 
-def test_gemm_writes_in_place_without_copies():
+def test_products_use_the_blas_behind_numpys_matmul():
+    """The library the step's products go to is the one NumPy loaded for ``@``."""
+    code = ("import numpy as np\nfrom threadpoolctl import threadpool_info\n"
+            "numpys = [i['filepath'] for i in threadpool_info() if i['user_api'] == 'blas']\n"
+            "from fastbp.backends import numba_blas\n"
+            "print(numpys == [numba_blas.numpy_openblas()], numba_blas.LIBRARY)")
+    if numba_blas.numpy_openblas() is None:
+        pytest.skip("this NumPy build's BLAS exports no CBLAS gemm: products use SciPy's")
+    same, library = _run(code).split(" ", 1)
+    assert same == "True"
+    assert library.startswith("NumPy's OpenBLAS")
+
+
+def _gemm_implementations():
+    implementations = [pytest.param(numba_blas._scipy_gemm(), id="scipy")]
+    path = numba_blas.numpy_openblas()
+    if path:
+        implementations.append(pytest.param(numba_blas._numpy_gemm(path), id="numpy"))
+    return implementations
+
+
+@pytest.mark.parametrize("gemm", _gemm_implementations())
+@pytest.mark.parametrize("trans_a, trans_b", [(False, False), (True, False), (False, True)])
+def test_gemm_writes_in_place_without_copies(gemm, trans_a, trans_b, dtype):
     rng = numpy.random.default_rng(0)
-    a, b = rng.standard_normal((7, 5)), rng.standard_normal((7, 3))
-    c = rng.standard_normal((5, 3))
-    expected = c - 0.5 * a.T @ b
-    result = numba_backend.gemm(a, b, c, trans_a=True, alpha=-0.5, beta=1.0)
-    assert result is c
-    numpy.testing.assert_allclose(c, expected, rtol=1e-12)
+    a = rng.standard_normal((7, 5) if trans_a else (5, 7)).astype(dtype)
+    b = rng.standard_normal((3, 7) if trans_b else (7, 3)).astype(dtype)
+    c = rng.standard_normal((5, 3)).astype(dtype)
+    op_a, op_b = (a.T if trans_a else a), (b.T if trans_b else b)
+    expected = c - 0.5 * op_a.astype("float64") @ op_b.astype("float64")
+    result = gemm(a, b, c, trans_a=trans_a, trans_b=trans_b, alpha=-0.5, beta=1.0)
+    assert result is c and c.dtype == numpy.dtype(dtype)
+    numpy.testing.assert_allclose(c, expected, rtol=1e-12 if dtype == "float64" else 1e-5)
 
 
 def test_results_do_not_depend_on_the_thread_count():
@@ -108,7 +132,7 @@ def test_results_do_not_depend_on_the_thread_count():
 
 
 def test_every_kernel_is_cached():
-    dispatchers = [obj for obj in vars(numba_kernels).values()
+    dispatchers = [obj for module in (numba_kernels, numba_blas) for obj in vars(module).values()
                    if isinstance(obj, numba.core.registry.CPUDispatcher)]
     assert len(dispatchers) > 10
     assert all(type(d._cache).__name__ == "FunctionCache" for d in dispatchers)

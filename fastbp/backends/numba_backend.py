@@ -1,11 +1,10 @@
 """NumbaBackend: NumPy arrays, compiled kernels for the hot paths, products in one BLAS.
 
-Every matrix product goes through SciPy's OpenBLAS (the library numba's own
-``np.dot`` uses), never through NumPy's copy: two OpenBLAS thread pools
-spinning in one step fight over the cores.  C-contiguous arrays are handed to
-BLAS as their Fortran-ordered transposes, so no operand is ever copied, and
-the SGD step folds each weight update into the product that makes its
-gradient (``W -= lr * a.T @ d`` is one GEMM with ``beta = 1``).
+Every matrix product goes through one OpenBLAS (NumPy's own when it can be
+reached, see :mod:`fastbp.backends.numba_blas`), never two: two OpenBLAS
+thread pools spinning in one step fight over the cores.  The SGD step folds
+each weight update into the product that makes its gradient
+(``W -= lr * a.T @ d`` is one GEMM with ``beta = 1``).
 
 Anything these kernels do not handle (other ranks, integer arrays) falls back
 to the reference implementation.
@@ -20,7 +19,7 @@ import numpy as np
 
 try:
     import numba
-    from scipy.linalg import blas as _scipy_blas
+    import scipy  # noqa: F401  (the products fall back to its BLAS)
 except ImportError as exc:  # the registry turns this into an install hint
     raise ImportError(f"the numba backend needs numba and scipy ({exc.name} is missing)") from exc
 
@@ -30,25 +29,15 @@ except ImportError as exc:  # the registry turns this into an install hint
 if not os.environ.get("NUMBA_THREADING_LAYER"):
     numba.config.THREADING_LAYER = "workqueue"
 
-from fastbp.backends import numba_kernels as K  # noqa: E402  (after the layer is chosen)
+from fastbp.backends import numba_blas  # noqa: E402  (after the layer is chosen)
+from fastbp.backends import numba_kernels as K  # noqa: E402
+from fastbp.backends.numba_blas import gemm  # noqa: E402
 from fastbp.backends.numpy_backend import NumpyBackend, adam_step_size
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-_GEMM = {np.dtype(np.float32): _scipy_blas.sgemm, np.dtype(np.float64): _scipy_blas.dgemm}
 _ACTIVATIONS = {"identity": K.IDENTITY, "relu": K.RELU, "sigmoid": K.SIGMOID}
 #: multiply-adds per step below which one compiled call with plain loops beats BLAS
 TINY_STEP_FLOPS = 1 << 16
-
-
-def gemm(a, b, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
-    """In place ``out = alpha * op(a) @ op(b) + beta * out`` for C-contiguous arrays.
-
-    BLAS is column-major; a C-contiguous matrix is the column-major storage of
-    its transpose, so ``out.T = op(b).T @ op(a).T`` runs on the same memory.
-    """
-    _GEMM[out.dtype](alpha, b.T, a.T, beta=beta, c=out.T, trans_a=trans_b, trans_b=trans_a,
-                     overwrite_c=True)
-    return out
 
 
 def _floats(*arrays):
@@ -95,7 +84,7 @@ class NumbaBackend(NumpyBackend):
         return {**super().info(), "numba": numba.__version__,
                 "threading_layer": numba.config.THREADING_LAYER,
                 "threads": numba.get_num_threads(), "cache_dir": cache,
-                "blas": "SciPy's OpenBLAS (all products of a step)"}
+                "blas": f"{numba_blas.LIBRARY}, every product of a step"}
 
     def label_range(self, t):
         if t.dtype.kind not in "iu" or t.ndim != 1:

@@ -15,11 +15,12 @@ import hashlib
 import math
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy
+
+from fastbp.atomic import replacing
 
 DATASETS = ("toy", "digits", "mnist", "fashion-mnist")
 
@@ -268,6 +269,10 @@ def _sha256(path):
     return digest.hexdigest()
 
 
+class _ChecksumMismatch(Exception):
+    """A mirror served bytes other than the known ones (the download is dropped)."""
+
+
 def _download(name, directory: Path, filename) -> Path:
     """Fetch ``filename`` from the first mirror whose bytes match the known SHA-256.
 
@@ -280,20 +285,18 @@ def _download(name, directory: Path, filename) -> Path:
     failures = []
     for base in MIRRORS[name]:
         url = base + filename
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{filename}.", suffix=".part")
         try:
-            with os.fdopen(fd, "wb") as out:
+            with replacing(target, suffix=".part") as (out, tmp):
                 _fetch(url, out)
-            received = _sha256(tmp)
-            if received == expected:
-                os.replace(tmp, target)
-                return target
-            failures.append(f"{url}: SHA-256 {received}, expected {expected}")
+                out.flush()
+                received = _sha256(tmp)
+                if received != expected:
+                    raise _ChecksumMismatch(f"{url}: SHA-256 {received}, expected {expected}")
+            return target
+        except _ChecksumMismatch as exc:
+            failures.append(str(exc))
         except OSError as exc:  # URLError, timeouts and full disks are all OSErrors
             failures.append(f"{url}: {exc}")
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
     raise DatasetDownloadError(
         f"load_dataset({name!r}): could not download {filename} into {directory}: "
         f"{'; '.join(failures)}. Fix: check the network and retry, or put the file there by hand")

@@ -11,15 +11,14 @@ nor the net in memory.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy
 
 import fastbp
+from fastbp.atomic import replacing
 
 #: the layout of the checkpoint files this module writes
 CHECKPOINT_FORMAT = 1
@@ -157,16 +156,8 @@ def save_params(net, path):
     arrays.update({_BUFFER + key: fastbp.to_numpy(value) for key, value in net.buffers.items()})
     arrays[_CONFIG] = numpy.array(json.dumps(net.config(), sort_keys=True))
     arrays[_FORMAT] = numpy.array(CHECKPOINT_FORMAT)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            numpy.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with replacing(path) as (f, _):
+        numpy.savez(f, **arrays)
 
 
 class CheckpointError(ValueError):

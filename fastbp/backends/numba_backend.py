@@ -224,7 +224,7 @@ class NumbaBackend(NumpyBackend):
             if i:  # the gradient below uses W before its update
                 d_below = gemm(d, W, np.empty(a_in.shape, dtype=dtype), trans_b=True)
                 K.act_backward_bias_sgd(d_below, a_in, act, one, biases[i - 1], lr_)
-            gemm(a_in, d, W, trans_a=True, alpha=-lr_, beta=one)
+            gemm(a_in, d, W, trans_a=True, alpha=-lr, beta=1.0)
             if i:
                 d = d_below
         return dtype.type(total) / dtype.type(n)

@@ -87,8 +87,9 @@ def _numpy_gemm(path):
     binding.load_library_permanently(path)
 
     def gemm(a, b, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
-        dtype = out.dtype
-        _numpy_blas_gemm(a, b, out, trans_a, trans_b, dtype.type(alpha), dtype.type(beta))
+        # Python floats: numba types them faster than NumPy scalars (0.5 vs 1.1 µs a call),
+        # and the call casts them to the routine's precision
+        _numpy_blas_gemm(a, b, out, trans_a, trans_b, float(alpha), float(beta))
         return out
 
     return gemm

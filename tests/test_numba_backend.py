@@ -178,3 +178,35 @@ def test_suite_passes_without_jit():
          os.path.join(tests, "test_layers.py")],
         capture_output=True, text=True, env={**os.environ, "NUMBA_DISABLE_JIT": "1"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+_FLOAT32_PROBE = """
+import re, numpy as np, numba
+from fastbp.nets import MultiLayerNet
+from fastbp.optim import SGD, Adam
+from fastbp.backends import numba_kernels as K
+for sizes, batch, activation in [((2, 8, 2), 50, "relu"), ((2, 8, 2), 50, "sigmoid"),
+                                 ((60, 40, 10), 64, "relu"), ((60, 40, 10), 64, "sigmoid")]:
+    net = MultiLayerNet(sizes[0], [sizes[1]], sizes[2], activation=activation, seed=0,
+                        backend="numba", dtype="float32")
+    x = np.ones((batch, sizes[0]), np.float32)
+    t = np.arange(batch) % sizes[-1]
+    net.train_step(x, t, SGD(0.1)); net.gradient(x, t); net.train_step(x, t, Adam())
+    net.train_step(x, np.eye(sizes[-1], dtype=np.float32)[t], SGD(0.1))
+for name, kernel in vars(K).items():
+    if isinstance(kernel, numba.core.registry.CPUDispatcher):
+        for sig in kernel.signatures:
+            if any(getattr(arg, "dtype", None) == numba.float32 for arg in sig):
+                ir = kernel.inspect_llvm(sig)
+                print(name, len(re.findall(r"= (?:fadd|fsub|fmul|fdiv)(?: \\w+)* float ", ir)),
+                      len(re.findall(r"= (?:fadd|fsub|fmul|fdiv)(?: \\w+)* double ", ir)))
+"""
+
+
+def test_float32_kernels_do_no_float64_arithmetic(tmp_path):
+    """Compiled afresh (cached code cannot be inspected), no float32 kernel computes in float64."""
+    rows = [line.split() for line in _run(_FLOAT32_PROBE, NUMBA_CACHE_DIR=str(tmp_path)).splitlines()]
+    names = {name for name, _, _ in rows}
+    assert {"softmax_xent", "tiny_mlp_sgd_step", "act_backward_bias_sgd", "optimizer_update"} <= names
+    assert all(int(float_ops) > 0 for _, float_ops, _ in rows)
+    assert [name for name, _, double_ops in rows if int(double_ops)] == []

@@ -12,7 +12,6 @@ to the reference implementation.
 
 from __future__ import annotations
 
-import functools
 import os
 
 import numpy as np
@@ -54,13 +53,6 @@ def _all_of_dtype(arrays, dtype):
     return True
 
 
-@functools.lru_cache(maxsize=64)
-def _step_constants(dtype, lr, n):
-    """``1``, ``lr`` and ``1 / n`` in ``dtype``: built once per training run, not per step."""
-    one = dtype.type(1)
-    return one, dtype.type(lr), one / dtype.type(n)
-
-
 def _fused_update(kind, arrays, constants):
     """Run optimizer update ``kind`` on flat views of ``arrays`` (param, grad, state...).
 
@@ -98,7 +90,7 @@ class NumbaBackend(NumpyBackend):
             return super().affine_forward(x, W, b)
         out = gemm(np.ascontiguousarray(x), np.ascontiguousarray(W),
                    np.empty((x.shape[0], W.shape[1]), dtype=x.dtype))
-        K.bias_act_forward(out, b, K.IDENTITY, x.dtype.type(1))
+        K.bias_act_forward(out, b, K.IDENTITY)
         return out
 
     def affine_backward(self, dout, x, W, need_dx=True):
@@ -107,7 +99,7 @@ class NumbaBackend(NumpyBackend):
         dout, x, W = (np.ascontiguousarray(a) for a in (dout, x, W))
         dx = gemm(dout, W, np.empty(x.shape, dtype=x.dtype), trans_b=True) if need_dx else None
         dW = gemm(x, dout, np.empty(W.shape, dtype=W.dtype), trans_a=True)
-        return dx, dW, K.act_backward_col_sums(dout, dout, K.IDENTITY, dout.dtype.type(1))
+        return dx, dW, K.act_backward_col_sums(dout, dout, K.IDENTITY)
 
     # ------------------------------------------------------------ activations
     def relu_forward(self, x):
@@ -133,13 +125,13 @@ class NumbaBackend(NumpyBackend):
     @staticmethod
     def _activate(x, act):
         out = np.empty(x.shape, dtype=x.dtype)
-        K.act_forward(x, out, act, x.dtype.type(1))
+        K.act_forward(x, out, act)
         return out
 
     @staticmethod
     def _activation_grad(dout, a, act):
         dx = np.empty(dout.shape, dtype=dout.dtype)
-        K.act_backward(dout, a, dx, act, dout.dtype.type(1))
+        K.act_backward(dout, a, dx, act)
         return dx
 
     # ------------------------------------------------ softmax + cross-entropy
@@ -148,8 +140,7 @@ class NumbaBackend(NumpyBackend):
             return super().softmax_cross_entropy(x, t)
         dtype, n = x.dtype, x.shape[0]
         probs = np.empty(x.shape, dtype=dtype)
-        total = K.softmax_xent(x, np.zeros(x.shape[1], dtype), t, probs, dtype.type(0),
-                               dtype.type(1))
+        total = K.softmax_xent(x, np.zeros(x.shape[1], dtype), t, probs, 0.0)
         return dtype.type(total) / dtype.type(n), probs
 
     def softmax_cross_entropy_backward(self, probs, t):
@@ -157,8 +148,7 @@ class NumbaBackend(NumpyBackend):
             return super().softmax_cross_entropy_backward(probs, t)
         dtype = probs.dtype
         dx = np.empty(probs.shape, dtype=dtype)
-        K.softmax_xent_backward(probs, t, dx, dtype.type(1) / dtype.type(probs.shape[0]),
-                                dtype.type(1))
+        K.softmax_xent_backward(probs, t, dx, 1.0 / probs.shape[0])
         return dx
 
     # ------------------------------------------------------------- optimizers
@@ -196,12 +186,11 @@ class NumbaBackend(NumpyBackend):
         arrays = (*weights, *biases)
         if dtype not in _FLOATS or not _all_of_dtype(arrays, dtype):
             return super().mlp_sgd_step(x, t, weights, biases, activation, lr)
-        n, act = x.shape[0], _ACTIVATIONS[activation]
-        one, lr_, scale = _step_constants(dtype, lr, n)
+        n, act, lr = x.shape[0], _ACTIVATIONS[activation], float(lr)
         tiny = n * (weights[0].size + weights[-1].size) <= TINY_STEP_FLOPS
         if len(weights) == 2 and t.ndim == 1 and tiny:
             total = K.tiny_mlp_sgd_step(x, t, weights[0], biases[0], weights[1], biases[1],
-                                        act, lr_, scale, one)
+                                        act, lr, 1.0 / n)
             return dtype.type(total) / dtype.type(n)
         if not all(a.flags.c_contiguous for a in arrays):  # BLAS updates them in place
             return super().mlp_sgd_step(x, t, weights, biases, activation, lr)
@@ -211,19 +200,19 @@ class NumbaBackend(NumpyBackend):
         for W, b in zip(weights, biases):
             z = gemm(acts[-1], W, np.empty((n, W.shape[1]), dtype=dtype))
             if len(acts) < len(weights):
-                K.bias_act_forward(z, b, act, one)
+                K.bias_act_forward(z, b, act)
             acts.append(z)
         logits = acts.pop()
         d = np.empty_like(logits)
-        total = K.softmax_xent(logits, biases[-1], t, d, scale, one)
+        total = K.softmax_xent(logits, biases[-1], t, d, 1.0 / n)
 
         # backward, with each update folded into the pass that makes its gradient
-        K.act_backward_bias_sgd(d, d, K.IDENTITY, one, biases[-1], lr_)
+        K.act_backward_bias_sgd(d, d, K.IDENTITY, biases[-1], lr)
         for i in reversed(range(len(weights))):
             W, a_in = weights[i], acts[i]
             if i:  # the gradient below uses W before its update
                 d_below = gemm(d, W, np.empty(a_in.shape, dtype=dtype), trans_b=True)
-                K.act_backward_bias_sgd(d_below, a_in, act, one, biases[i - 1], lr_)
+                K.act_backward_bias_sgd(d_below, a_in, act, biases[i - 1], lr)
             gemm(a_in, d, W, trans_a=True, alpha=-lr, beta=1.0)
             if i:
                 d = d_below

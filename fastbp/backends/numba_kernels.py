@@ -2,8 +2,10 @@
 
 Conventions that keep results equal to the NumPy reference:
 
-- Scalars arrive already cast to the arrays' dtype (a Python float or int
-  literal would promote float32 arithmetic to float64 inside numba).
+- Scalars arrive as Python numbers and each kernel casts them to its
+  arrays' dtype (``x.dtype.type(v)``): a float64 scalar would promote
+  float32 arithmetic inside numba, and NumPy scalar arguments take the
+  dispatcher twice as long as Python floats.
 - ``error_model="numpy"``: division by zero gives inf/nan as in NumPy instead
   of a Python exception, whose check kept loops with a division from
   vectorising (the optimizer updates ran 8x slower).
@@ -58,20 +60,22 @@ def _act_grad(a, act, one):
 
 
 @njit(cache=True, error_model="numpy")
-def bias_act_forward(z, b, act, one):
+def bias_act_forward(z, b, act):
     """In place: ``z = act(z + b)`` for a 2-D ``z`` (the output of a matrix product)."""
+    one = z.dtype.type(1)
     for i in range(z.shape[0]):
         for j in range(z.shape[1]):
             z[i, j] = _act(z[i, j] + b[j], act, one)
 
 
 @njit(cache=True, error_model="numpy")
-def act_backward_col_sums(d, a, act, one):
+def act_backward_col_sums(d, a, act):
     """In place ``d *= act'(a)`` (``a`` is the activation's output); returns ``d.sum(axis=0)``.
 
     ReLU backward fused with the bias gradient of the layer below.  With
     ``IDENTITY`` it only reads ``d``: the column sums (any layer's bias gradient).
     """
+    one = d.dtype.type(1)
     out = np.zeros(d.shape[1], dtype=d.dtype)
     for i in range(d.shape[0]):
         for j in range(d.shape[1]):
@@ -82,27 +86,30 @@ def act_backward_col_sums(d, a, act, one):
 
 
 @njit(cache=True, error_model="numpy")
-def act_backward_bias_sgd(d, a, act, one, b, lr):
+def act_backward_bias_sgd(d, a, act, b, lr):
     """In place ``d *= act'(a)``, then the SGD step ``b -= lr * d.sum(axis=0)``.
 
     The train step's bias update, fused with the pass that makes its gradient.
     """
-    db = act_backward_col_sums(d, a, act, one)
+    db = act_backward_col_sums(d, a, act)
+    lr = d.dtype.type(lr)
     for j in range(b.shape[0]):
         b[j] -= lr * db[j]
 
 
 @njit(cache=True, error_model="numpy")
-def act_forward(x, out, act, one):
+def act_forward(x, out, act):
     """``out = act(x)`` (any layout)."""
+    one = x.dtype.type(1)
     for i in range(x.shape[0]):
         for j in range(x.shape[1]):
             out[i, j] = _act(x[i, j], act, one)
 
 
 @njit(cache=True, error_model="numpy")
-def act_backward(dout, a, dx, act, one):
+def act_backward(dout, a, dx, act):
     """``dx = dout * act'(a)``; for ReLU ``a`` may be the mask or the output."""
+    one = dout.dtype.type(1)
     for i in range(dout.shape[0]):
         for j in range(dout.shape[1]):
             dx[i, j] = dout[i, j] * _act_grad(a[i, j], act, one)
@@ -154,14 +161,14 @@ def _xent_rows(z, b, t, out, losses, scale, one, start, stop):
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def softmax_xent(z, b, t, out, scale, one):
+def softmax_xent(z, b, t, out, scale):
     """Sum over rows of the cross-entropy of ``softmax(z + b)`` against ``t``.
 
     ``t`` is class indices ``(N,)`` or one-hot ``(N, C)``; ``out`` as in
     :func:`_xent_rows`.  Per-row losses are summed after the loop, so the
     result does not depend on the thread count.
     """
-    n = z.shape[0]
+    n, one, scale = z.shape[0], z.dtype.type(1), z.dtype.type(scale)
     losses = np.empty(n, dtype=z.dtype)
     if z.size >= PARALLEL_MIN:
         for c in prange((n + CHUNK - 1) // CHUNK):
@@ -172,8 +179,9 @@ def softmax_xent(z, b, t, out, scale, one):
 
 
 @njit(cache=True, error_model="numpy")
-def softmax_xent_backward(probs, t, dx, scale, one):
+def softmax_xent_backward(probs, t, dx, scale):
     """``dx = (probs - onehot(t)) * scale``."""
+    one, scale = probs.dtype.type(1), probs.dtype.type(scale)
     for i in range(probs.shape[0]):
         for j in range(probs.shape[1]):
             if t.ndim == 2:
@@ -272,19 +280,19 @@ def _affine_transposed(aT, W, b):
 
 
 @njit(cache=True, error_model="numpy")
-def tiny_mlp_sgd_step(x, t, W1, b1, W2, b2, act, lr, scale, one):
+def tiny_mlp_sgd_step(x, t, W1, b1, W2, b2, act, lr, scale):
     """One SGD step of Affine-act-Affine-softmax on a tiny net, in loops, no BLAS.
 
     For nets like the 2-8-2 toy, calling BLAS five times costs more than the
     arithmetic: this runs forward, backward and the update in one call.  It
     works on transposed activations (units x samples), so every inner loop runs
     along the batch and vectorises; only the weight and bias gradients are
-    reductions.  ``t`` holds class indices; ``scale`` is ``1 / N`` in the
-    arrays' dtype.  Returns the summed (not yet averaged) loss, like
-    :func:`softmax_xent`.
+    reductions.  ``t`` holds class indices; ``scale`` is ``1 / N``.  Returns
+    the summed (not yet averaged) loss, like :func:`softmax_xent`.
     """
     n, d_in = x.shape
     d_hid, d_out = W2.shape
+    one, lr, scale = x.dtype.type(1), x.dtype.type(lr), x.dtype.type(scale)
     zero = one - one
     xT = np.ascontiguousarray(x.T)
     hT = _affine_transposed(xT, W1, b1)

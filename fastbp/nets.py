@@ -143,7 +143,8 @@ class MultiLayerNet:
         where = f"{type(self).__name__}.{where}"
         be = self.backend
         x = be.ensure_array(x, where)
-        if x.ndim < 2 or x.shape[0] == 0 or math.prod(x.shape[1:]) != self.input_size:
+        features = x.shape[1] if x.ndim == 2 else math.prod(x.shape[1:])
+        if x.ndim < 2 or x.shape[0] == 0 or features != self.input_size:
             raise ValueError(f"{where}: expected x of shape (N, {self.input_size}) with N >= 1, "
                              f"received shape {tuple(x.shape)}")
         if x.ndim != 2:

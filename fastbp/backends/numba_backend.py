@@ -81,8 +81,7 @@ class NumbaBackend(NumpyBackend):
     def label_range(self, t):
         if t.dtype.kind not in "iu" or t.ndim != 1:
             return super().label_range(t)
-        low, high = K.label_range(t)
-        return int(low), int(high)
+        return K.label_range(t)  # numba returns Python ints
 
     # ----------------------------------------------------------------- affine
     def affine_forward(self, x, W, b):
@@ -138,10 +137,9 @@ class NumbaBackend(NumpyBackend):
     def softmax_cross_entropy(self, x, t):
         if not _floats(x):
             return super().softmax_cross_entropy(x, t)
-        dtype, n = x.dtype, x.shape[0]
+        dtype = x.dtype
         probs = np.empty(x.shape, dtype=dtype)
-        total = K.softmax_xent(x, np.zeros(x.shape[1], dtype), t, probs, 0.0)
-        return dtype.type(total) / dtype.type(n), probs
+        return dtype.type(K.softmax_xent(x, np.zeros(x.shape[1], dtype), t, probs, 0.0)), probs
 
     def softmax_cross_entropy_backward(self, probs, t):
         if not _floats(probs):
@@ -189,9 +187,8 @@ class NumbaBackend(NumpyBackend):
         n, act, lr = x.shape[0], _ACTIVATIONS[activation], float(lr)
         tiny = n * (weights[0].size + weights[-1].size) <= TINY_STEP_FLOPS
         if len(weights) == 2 and t.ndim == 1 and tiny:
-            total = K.tiny_mlp_sgd_step(x, t, weights[0], biases[0], weights[1], biases[1],
-                                        act, lr, 1.0 / n)
-            return dtype.type(total) / dtype.type(n)
+            return dtype.type(K.tiny_mlp_sgd_step(x, t, weights[0], biases[0], weights[1],
+                                                  biases[1], act, lr, 1.0 / n))
         if not all(a.flags.c_contiguous for a in arrays):  # BLAS updates them in place
             return super().mlp_sgd_step(x, t, weights, biases, activation, lr)
 
@@ -204,7 +201,7 @@ class NumbaBackend(NumpyBackend):
             acts.append(z)
         logits = acts.pop()
         d = np.empty_like(logits)
-        total = K.softmax_xent(logits, biases[-1], t, d, 1.0 / n)
+        loss = K.softmax_xent(logits, biases[-1], t, d, 1.0 / n)
 
         # backward, with each update folded into the pass that makes its gradient
         K.act_backward_bias_sgd(d, d, K.IDENTITY, biases[-1], lr)
@@ -216,4 +213,4 @@ class NumbaBackend(NumpyBackend):
             gemm(a_in, d, W, trans_a=True, alpha=-lr, beta=1.0)
             if i:
                 d = d_below
-        return dtype.type(total) / dtype.type(n)
+        return dtype.type(loss)

@@ -162,7 +162,7 @@ def _xent_rows(z, b, t, out, losses, scale, one, start, stop):
 
 @njit(cache=True, parallel=True, error_model="numpy")
 def softmax_xent(z, b, t, out, scale):
-    """Sum over rows of the cross-entropy of ``softmax(z + b)`` against ``t``.
+    """Mean over rows of the cross-entropy of ``softmax(z + b)`` against ``t``.
 
     ``t`` is class indices ``(N,)`` or one-hot ``(N, C)``; ``out`` as in
     :func:`_xent_rows`.  Per-row losses are summed after the loop, so the
@@ -175,7 +175,7 @@ def softmax_xent(z, b, t, out, scale):
             _xent_rows(z, b, t, out, losses, scale, one, c * CHUNK, min(c * CHUNK + CHUNK, n))
     else:
         _xent_rows(z, b, t, out, losses, scale, one, 0, n)
-    return _sum(losses)
+    return _sum(losses) / z.dtype.type(n)
 
 
 @njit(cache=True, error_model="numpy")
@@ -288,7 +288,7 @@ def tiny_mlp_sgd_step(x, t, W1, b1, W2, b2, act, lr, scale):
     works on transposed activations (units x samples), so every inner loop runs
     along the batch and vectorises; only the weight and bias gradients are
     reductions.  ``t`` holds class indices; ``scale`` is ``1 / N``.  Returns
-    the summed (not yet averaged) loss, like :func:`softmax_xent`.
+    the mean loss, like :func:`softmax_xent`.
     """
     n, d_in = x.shape
     d_hid, d_out = W2.shape
@@ -336,4 +336,4 @@ def tiny_mlp_sgd_step(x, t, W1, b1, W2, b2, act, lr, scale):
         for k in range(d_in):
             W1[k, j] -= lr * _dot(xT[k], gT[j])
         b1[j] -= lr * _vector_sum(gT[j])
-    return _vector_sum(losses)
+    return _vector_sum(losses) / x.dtype.type(n)

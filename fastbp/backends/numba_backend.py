@@ -40,13 +40,13 @@ TINY_STEP_FLOPS = 1 << 16
 
 
 def _floats(*arrays):
-    """True when the kernels handle these arrays: one float dtype, 2-D first argument."""
+    """True when the kernels handle these arrays: one float dtype, 2-D first argument.
+
+    A plain loop: ``all()`` over a generator costs as much as a tiny step's checks.
+    """
     dtype = arrays[0].dtype
-    return dtype in _FLOATS and arrays[0].ndim == 2 and all(a.dtype == dtype for a in arrays)
-
-
-def _all_of_dtype(arrays, dtype):
-    """A plain loop: ``all()`` over a generator costs as much as a tiny step's checks."""
+    if dtype not in _FLOATS or arrays[0].ndim != 2:
+        return False
     for a in arrays:
         if a.dtype != dtype:
             return False
@@ -182,7 +182,7 @@ class NumbaBackend(NumpyBackend):
     def mlp_sgd_step(self, x, t, weights, biases, activation, lr):
         dtype = x.dtype
         arrays = (*weights, *biases)
-        if dtype not in _FLOATS or not _all_of_dtype(arrays, dtype):
+        if not _floats(x, *arrays):
             return super().mlp_sgd_step(x, t, weights, biases, activation, lr)
         n, act, lr = x.shape[0], _ACTIVATIONS[activation], float(lr)
         tiny = n * (weights[0].size + weights[-1].size) <= TINY_STEP_FLOPS

@@ -32,6 +32,7 @@ def _problem(sizes, batch, dtype, one_hot, seed=0):
 
 @pytest.mark.parametrize("sizes, batch", [
     ((2, 8, 2), 200),           # the tiny path: one compiled call, no BLAS
+    ((3, 6, 4), 50),            # the tiny path with more than two classes
     ((60, 40, 10), 64),         # BLAS path
     ((50, 30, 20, 10), 48),     # deeper than two layers
 ])

@@ -267,16 +267,67 @@ def _vector_sum(a):
 
 
 @njit(cache=True, error_model="numpy")
-def _affine_transposed(aT, W, b):
-    """``(a @ W + b).T`` from ``a.T``, accumulating along the batch (contiguous)."""
-    outT = np.empty((W.shape[1], aT.shape[1]), dtype=aT.dtype)
+def _affine_transposed(outT, aT, W, b):
+    """``outT = (a @ W + b).T`` from ``a.T``, accumulating along the batch (contiguous)."""
     for j in range(W.shape[1]):
         outT[j, :] = b[j]
         for k in range(W.shape[0]):
             w = W[k, j]
             for i in range(aT.shape[1]):
                 outT[j, i] += w * aT[k, i]
-    return outT
+
+
+@njit(cache=True, error_model="numpy")
+def _softmax_columns(zT, pT, shift, total):
+    """Softmax of each column (sample) of ``zT`` into ``pT``.
+
+    Also leaves each column's maximum in ``shift`` and its sum of
+    ``exp(z - shift)`` in ``total``, for the loss.  With two classes the
+    softmax is the logistic function of the difference: one ``exp`` per
+    sample instead of two, and the same numbers (the larger score's term is
+    ``exp(0) = 1`` either way).
+    """
+    one = zT.dtype.type(1)
+    if zT.shape[0] == 2:
+        for i in range(zT.shape[1]):
+            diff = zT[1, i] - zT[0, i]
+            e = np.exp(-abs(diff))
+            top = 1 if diff > 0 else 0
+            shift[i] = zT[top, i]
+            total[i] = one + e
+            pT[top, i] = one / total[i]
+            pT[1 - top, i] = e / total[i]
+        return
+    shift[:] = zT[0]
+    for c in range(1, zT.shape[0]):
+        for i in range(zT.shape[1]):
+            shift[i] = max(shift[i], zT[c, i])
+    total[:] = one - one
+    for c in range(zT.shape[0]):
+        for i in range(zT.shape[1]):
+            e = np.exp(zT[c, i] - shift[i])
+            pT[c, i] = e
+            total[i] += e
+    for c in range(zT.shape[0]):
+        for i in range(zT.shape[1]):
+            pT[c, i] /= total[i]
+
+
+@njit(cache=True, error_model="numpy")
+def _sum_of_logs(values):
+    """``log(values).sum()`` for values in ``[1, C]``, as logs of products of four.
+
+    A quarter of the ``log`` calls, which dominate a tiny step; a product of
+    four softmax denominators is at most ``C**4``, far from overflow for the
+    class counts of a tiny net, and rounds by a few ulp.
+    """
+    total = values[0] - values[0]
+    n4 = values.shape[0] - values.shape[0] % 4
+    for i in range(0, n4, 4):
+        total += np.log(values[i] * values[i + 1] * values[i + 2] * values[i + 3])
+    for i in range(n4, values.shape[0]):
+        total += np.log(values[i])
+    return total
 
 
 @njit(cache=True, error_model="numpy")
@@ -287,40 +338,42 @@ def tiny_mlp_sgd_step(x, t, W1, b1, W2, b2, act, lr, scale):
     arithmetic: this runs forward, backward and the update in one call.  It
     works on transposed activations (units x samples), so every inner loop runs
     along the batch and vectorises; only the weight and bias gradients are
-    reductions.  ``t`` holds class indices; ``scale`` is ``1 / N``.  Returns
-    the mean loss, like :func:`softmax_xent`.
+    reductions.  All scratch arrays are views of one allocation.  ``t`` holds
+    class indices; ``scale`` is ``1 / N``.  Returns the mean loss, like
+    :func:`softmax_xent`.
     """
     n, d_in = x.shape
     d_hid, d_out = W2.shape
     one, lr, scale = x.dtype.type(1), x.dtype.type(lr), x.dtype.type(scale)
     zero = one - one
-    xT = np.ascontiguousarray(x.T)
-    hT = _affine_transposed(xT, W1, b1)
+    h0 = d_in
+    g0 = h0 + d_hid
+    z0 = g0 + d_hid
+    p0 = z0 + d_out
+    s0 = p0 + d_out
+    work = np.empty((s0 + 3, n), dtype=x.dtype)
+    xT, hT, zT = work[:h0], work[h0:g0], work[z0:p0]
+    gT = work[g0:z0]  # gradient at the hidden pre-activations
+    dT = work[p0:s0]  # probabilities, then the gradient at zT
+    shift, total, offsets = work[s0], work[s0 + 1], work[s0 + 2]
+
+    xT[:] = x.T
+    _affine_transposed(hT, xT, W1, b1)
     for j in range(d_hid):
         for i in range(n):
             hT[j, i] = _act(hT[j, i], act, one)
-    zT = _affine_transposed(hT, W2, b2)
+    _affine_transposed(zT, hT, W2, b2)
 
-    # softmax + cross-entropy, sample by sample along the batch; dT becomes the gradient
-    shift = zT[0].copy()
-    for c in range(1, d_out):
-        for i in range(n):
-            shift[i] = max(shift[i], zT[c, i])
-    total = np.zeros(n, dtype=x.dtype)
-    dT = np.empty_like(zT)
-    for c in range(d_out):
-        for i in range(n):
-            e = np.exp(zT[c, i] - shift[i])
-            dT[c, i] = e
-            total[i] += e
-    losses = np.empty(n, dtype=x.dtype)
+    # loss: log(total) - (z_t - shift) per sample, the logs summed apart
+    _softmax_columns(zT, dT, shift, total)
     for i in range(n):
-        losses[i] = np.log(total[i]) - (zT[t[i], i] - shift[i])
+        offsets[i] = shift[i] - zT[t[i], i]
+    loss = _sum_of_logs(total) + _vector_sum(offsets)
     for c in range(d_out):
         for i in range(n):
-            dT[c, i] = (dT[c, i] / total[i] - (one if t[i] == c else zero)) * scale
+            dT[c, i] = (dT[c, i] - (one if t[i] == c else zero)) * scale
 
-    gT = np.zeros((d_hid, n), dtype=x.dtype)  # gradient at the hidden pre-activations
+    gT[:] = zero
     for j in range(d_hid):
         for c in range(d_out):
             w = W2[j, c]
@@ -336,4 +389,5 @@ def tiny_mlp_sgd_step(x, t, W1, b1, W2, b2, act, lr, scale):
         for k in range(d_in):
             W1[k, j] -= lr * _dot(xT[k], gT[j])
         b1[j] -= lr * _vector_sum(gT[j])
-    return _vector_sum(losses) / x.dtype.type(n)
+    return loss / x.dtype.type(n)
+

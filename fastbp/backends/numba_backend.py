@@ -33,7 +33,7 @@ from fastbp.backends import numba_kernels as K  # noqa: E402
 from fastbp.backends.numba_blas import gemm  # noqa: E402
 from fastbp.backends.numpy_backend import NumpyBackend, adam_step_size
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_FLOATS = frozenset((np.dtype(np.float32), np.dtype(np.float64)))
 _ACTIVATIONS = {"identity": K.IDENTITY, "relu": K.RELU, "sigmoid": K.SIGMOID}
 #: multiply-adds per step below which one compiled call with plain loops beats BLAS
 TINY_STEP_FLOPS = 1 << 16
@@ -79,8 +79,6 @@ class NumbaBackend(NumpyBackend):
                 "blas": f"{numba_blas.LIBRARY}, every product of a step"}
 
     def label_range(self, t):
-        if t.dtype.kind not in "iu" or t.ndim != 1:
-            return super().label_range(t)
         return K.label_range(t)  # numba returns Python ints
 
     # ----------------------------------------------------------------- affine
@@ -180,17 +178,17 @@ class NumbaBackend(NumpyBackend):
 
     # ------------------------------------------------------ the whole SGD step
     def mlp_sgd_step(self, x, t, weights, biases, activation, lr):
-        dtype = x.dtype
-        arrays = (*weights, *biases)
-        if not _floats(x, *arrays):
+        n = x.shape[0]
+        if (len(weights) == 2 and t.ndim == 1
+                and n * (weights[0].size + weights[1].size) <= TINY_STEP_FLOPS):
+            (W1, W2), (b1, b2) = weights, biases
+            if _floats(x, W1, b1, W2, b2):
+                return x.dtype.type(K.tiny_mlp_sgd_step(x, t, W1, b1, W2, b2,
+                                                        _ACTIVATIONS[activation], float(lr), 1.0 / n))
+        dtype, arrays = x.dtype, (*weights, *biases)
+        if not (_floats(x, *arrays) and all(a.flags.c_contiguous for a in arrays)):
             return super().mlp_sgd_step(x, t, weights, biases, activation, lr)
-        n, act, lr = x.shape[0], _ACTIVATIONS[activation], float(lr)
-        tiny = n * (weights[0].size + weights[-1].size) <= TINY_STEP_FLOPS
-        if len(weights) == 2 and t.ndim == 1 and tiny:
-            return dtype.type(K.tiny_mlp_sgd_step(x, t, weights[0], biases[0], weights[1],
-                                                  biases[1], act, lr, 1.0 / n))
-        if not all(a.flags.c_contiguous for a in arrays):  # BLAS updates them in place
-            return super().mlp_sgd_step(x, t, weights, biases, activation, lr)
+        act, lr = _ACTIVATIONS[activation], float(lr)
 
         # forward: each product, then bias + activation in place
         acts = [np.ascontiguousarray(x)]

@@ -290,13 +290,14 @@ def _softmax_columns(zT, pT, shift, total):
     one = zT.dtype.type(1)
     if zT.shape[0] == 2:
         for i in range(zT.shape[1]):
-            diff = zT[1, i] - zT[0, i]
-            e = np.exp(-abs(diff))
-            top = 1 if diff > 0 else 0
-            shift[i] = zT[top, i]
+            z0, z1 = zT[0, i], zT[1, i]
+            e = np.exp(-abs(z1 - z0))
             total[i] = one + e
-            pT[top, i] = one / total[i]
-            pT[1 - top, i] = e / total[i]
+            high, low = one / total[i], e / total[i]
+            up = z1 > z0  # selects, not branches: the loop vectorises around the exp
+            shift[i] = z1 if up else z0
+            pT[0, i] = low if up else high
+            pT[1, i] = high if up else low
         return
     shift[:] = zT[0]
     for c in range(1, zT.shape[0]):

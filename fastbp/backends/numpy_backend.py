@@ -50,6 +50,8 @@ class NumpyBackend:
 
     def ensure_array(self, x, where: str):
         """Accept ``x`` as this backend's array; refuse arrays living on another device."""
+        if type(x) is numpy.ndarray:
+            return x
         if hasattr(x, "__cuda_array_interface__"):
             raise TypeError(
                 f"{where}: received a GPU array but the {self.name!r} backend works on host "
@@ -58,7 +60,7 @@ class NumpyBackend:
         return numpy.asarray(x)
 
     def label_range(self, t):
-        """``(smallest, largest)`` class index in ``t``, as Python ints (validation)."""
+        """``(smallest, largest)`` of the non-empty 1-D integer labels ``t``, as Python ints."""
         return int(t.min()), int(t.max())
 
     def info(self) -> dict:

@@ -35,6 +35,7 @@ def _problem(sizes, batch, dtype, one_hot, seed=0):
     ((3, 6, 4), 50),            # the tiny path with more than two classes
     ((60, 40, 10), 64),         # BLAS path
     ((50, 30, 20, 10), 48),     # deeper than two layers
+    ((4, 8, 64), 512),          # enough logits for the softmax to run its rows in parallel
 ])
 @pytest.mark.parametrize("activation", ["relu", "sigmoid"])
 @pytest.mark.parametrize("one_hot", [False, True])
@@ -114,12 +115,13 @@ def test_results_do_not_depend_on_the_thread_count():
     """Large enough for the parallel loops; reductions are chunked in a fixed order."""
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("numba was started with a single thread (NUMBA_NUM_THREADS=1)")
-    x, t = _problem((300, 256, 10), 512, "float32", False)
+    x, t = _problem((300, 256, 64), 512, "float32", False)
+    assert t.size * 64 >= numba_kernels.PARALLEL_MIN  # the softmax runs its rows in parallel
     results = []
     for threads in (1, 2):
         numba.set_num_threads(threads)
         try:
-            net = MultiLayerNet(300, [256], 10, seed=0, backend="numba", dtype="float32")
+            net = MultiLayerNet(300, [256], 64, seed=0, backend="numba", dtype="float32")
             loss = net.train_step(x, t, SGD(lr=0.1))
             grads = net.gradient(x, t)
             results.append((loss, grads, net.params))
@@ -187,7 +189,8 @@ from fastbp.nets import MultiLayerNet
 from fastbp.optim import SGD, Adam
 from fastbp.backends import numba_kernels as K
 for sizes, batch, activation in [((2, 8, 2), 50, "relu"), ((2, 8, 2), 50, "sigmoid"),
-                                 ((60, 40, 10), 64, "relu"), ((60, 40, 10), 64, "sigmoid")]:
+                                 ((3, 6, 4), 50, "relu"), ((60, 40, 10), 64, "relu"),
+                                 ((60, 40, 10), 64, "sigmoid"), ((4, 8, 64), 512, "relu")]:
     net = MultiLayerNet(sizes[0], [sizes[1]], sizes[2], activation=activation, seed=0,
                         backend="numba", dtype="float32")
     x = np.ones((batch, sizes[0]), np.float32)
@@ -208,6 +211,7 @@ def test_float32_kernels_do_no_float64_arithmetic(tmp_path):
     """Compiled afresh (cached code cannot be inspected), no float32 kernel computes in float64."""
     rows = [line.split() for line in _run(_FLOAT32_PROBE, NUMBA_CACHE_DIR=str(tmp_path)).splitlines()]
     names = {name for name, _, _ in rows}
-    assert {"softmax_xent", "tiny_mlp_sgd_step", "act_backward_bias_sgd", "optimizer_update"} <= names
+    assert {"_softmax_xent_serial", "_softmax_xent_parallel", "tiny_mlp_sgd_step",
+            "act_backward_bias_sgd", "optimizer_update"} <= names
     assert all(int(float_ops) > 0 for _, float_ops, _ in rows)
     assert [name for name, _, double_ops in rows if int(double_ops)] == []

@@ -9,8 +9,8 @@ Conventions that keep results equal to the NumPy reference:
 - ``error_model="numpy"``: division by zero gives inf/nan as in NumPy instead
   of a Python exception, whose check kept loops with a division from
   vectorising (the optimizer updates ran 8x slower).
-- Only the softmax + cross-entropy pass runs rows in parallel, and only above
-  ``PARALLEL_MIN`` elements (a parallel launch costs microseconds; each
+- Only the softmax + cross-entropy pass runs rows in parallel, and only from
+  ``PARALLEL_MIN`` elements on (a parallel launch costs microseconds; each
   parallel kernel adds about a second to a cold compile, and on these sizes
   the element-wise passes are a few per cent of a step next to BLAS).
 - Reductions across rows are plain loops in a fixed order, and the per-row
@@ -160,21 +160,33 @@ def _xent_rows(z, b, t, out, losses, scale, one, start, stop):
             losses[i] = loss
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
 def softmax_xent(z, b, t, out, scale):
     """Mean over rows of the cross-entropy of ``softmax(z + b)`` against ``t``.
 
     ``t`` is class indices ``(N,)`` or one-hot ``(N, C)``; ``out`` as in
-    :func:`_xent_rows`.  Per-row losses are summed after the loop, so the
-    result does not depend on the thread count.
+    :func:`_xent_rows`.  Rows run in parallel from ``PARALLEL_MIN`` elements
+    on; below, a kernel compiled without ``parallel`` runs them (calling the
+    parallel one costs a microsecond more even when it runs serially).
     """
+    kernel = _softmax_xent_parallel if z.size >= PARALLEL_MIN else _softmax_xent_serial
+    return kernel(z, b, t, out, scale)
+
+
+@njit(cache=True, error_model="numpy")
+def _softmax_xent_serial(z, b, t, out, scale):
+    n = z.shape[0]
+    losses = np.empty(n, dtype=z.dtype)
+    _xent_rows(z, b, t, out, losses, z.dtype.type(scale), z.dtype.type(1), 0, n)
+    return _sum(losses) / z.dtype.type(n)
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _softmax_xent_parallel(z, b, t, out, scale):
+    """Per-row losses are summed after the loop: the result does not depend on the threads."""
     n, one, scale = z.shape[0], z.dtype.type(1), z.dtype.type(scale)
     losses = np.empty(n, dtype=z.dtype)
-    if z.size >= PARALLEL_MIN:
-        for c in prange((n + CHUNK - 1) // CHUNK):
-            _xent_rows(z, b, t, out, losses, scale, one, c * CHUNK, min(c * CHUNK + CHUNK, n))
-    else:
-        _xent_rows(z, b, t, out, losses, scale, one, 0, n)
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        _xent_rows(z, b, t, out, losses, scale, one, c * CHUNK, min(c * CHUNK + CHUNK, n))
     return _sum(losses) / z.dtype.type(n)
 
 

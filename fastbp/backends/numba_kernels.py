@@ -16,6 +16,8 @@ Conventions that keep results equal to the NumPy reference:
 - Reductions across rows are plain loops in a fixed order, and the per-row
   losses are summed after the parallel loop, so no result depends on the
   number of threads.
+- Copies between arrays are element loops: numba's array-to-array slice
+  assignment (``a[:] = b.T``) tripled the tiny step's cold compile.
 
 Activations are coded as ``IDENTITY``, ``RELU``, ``SIGMOID``.
 """
@@ -311,7 +313,8 @@ def _softmax_columns(zT, pT, shift, total):
             pT[0, i] = low if up else high
             pT[1, i] = high if up else low
         return
-    shift[:] = zT[0]
+    for i in range(zT.shape[1]):
+        shift[i] = zT[0, i]
     for c in range(1, zT.shape[0]):
         for i in range(zT.shape[1]):
             shift[i] = max(shift[i], zT[c, i])
@@ -370,7 +373,9 @@ def tiny_mlp_sgd_step(x, t, W1, b1, W2, b2, act, lr, scale):
     dT = work[p0:s0]  # probabilities, then the gradient at zT
     shift, total, offsets = work[s0], work[s0 + 1], work[s0 + 2]
 
-    xT[:] = x.T
+    for k in range(d_in):
+        for i in range(n):
+            xT[k, i] = x[i, k]
     _affine_transposed(hT, xT, W1, b1)
     for j in range(d_hid):
         for i in range(n):

@@ -179,6 +179,7 @@ class NumbaBackend(NumpyBackend):
     # ------------------------------------------------------ the whole SGD step
     def mlp_sgd_step(self, x, t, weights, biases, activation, lr):
         n = x.shape[0]
+        # the tiny path is decided first, with the fewest checks: its whole step takes ~6 µs
         if (len(weights) == 2 and t.ndim == 1
                 and n * (weights[0].size + weights[1].size) <= TINY_STEP_FLOPS):
             (W1, W2), (b1, b2) = weights, biases

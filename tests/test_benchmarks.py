@@ -126,7 +126,17 @@ def test_other_load_is_a_share_of_the_machine():
     watch = OtherLoad()
     time.sleep(0.05)
     share = watch.share()
+    if sys.platform.startswith("linux"):  # /proc/stat is read there
+        assert share is not None
     assert share is None or 0.0 <= share <= 1.0
+
+
+def test_other_load_leaves_out_this_process(monkeypatch):
+    """Busy CPU seconds minus this process's own, over wall time times the CPUs."""
+    samples = iter([(10.0, 2.0, 100.0), (13.0, 3.0, 101.0)])  # (busy, own, wall)
+    monkeypatch.setattr(OtherLoad, "_sample", staticmethod(lambda: next(samples)))
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert OtherLoad().share() == pytest.approx((3.0 - 1.0) / (1.0 * 4))
 
 
 def test_sampled_numerical_gradient_matches_the_full_one_and_restores_params():

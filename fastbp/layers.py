@@ -183,9 +183,12 @@ class BatchNorm:
     ``running_mean`` and ``running_var`` in place (``r = momentum * r + (1 -
     momentum) * batch``), so arrays shared with a net's ``buffers`` follow;
     inference uses the running statistics.  They start at 0 and 1 (the
-    textbook starts the variance at 0, which makes early inference outputs
-    explode).  ``eps`` is the textbook's ``10e-7``.  Inputs of any rank are
-    flattened to ``(N, features)``; ``backward`` stores ``dgamma`` and ``dbeta``.
+    textbook and CS231n start the variance at 0, which makes early inference
+    outputs explode), and ``running_var`` follows the biased batch variance,
+    the one training normalises by (PyTorch's keeps the unbiased one, ``N /
+    (N - 1)`` times larger).  ``eps`` is the textbook's ``10e-7``.  Inputs of
+    any rank are flattened to ``(N, features)``; ``backward`` stores
+    ``dgamma`` and ``dbeta``.
     """
 
     def __init__(self, gamma, beta, momentum=0.9, running_mean=None, running_var=None,

@@ -41,6 +41,18 @@ def _check_choice(owner, argument, value, choices):
         raise ValueError(f"{owner}: {argument} must be one of {list(choices)}, received {value!r}")
 
 
+class NonFiniteLossError(FloatingPointError):
+    """A training step met a NaN or inf loss and applied no update; ``loss`` holds it."""
+
+    def __init__(self, where, loss):
+        self.loss = float(loss)
+        super().__init__(
+            f"{where}: the loss is {self.loss}, not a finite number, so no update was applied "
+            "(parameters, BatchNorm statistics and optimizer state are as they were); the usual "
+            "causes are a NaN or inf in the batch, or a learning rate so large that the weights "
+            "overflow (lower it)")
+
+
 class MultiLayerNet:
     """Affine -> [BatchNorm] -> activation -> [Dropout] -> ... -> Affine -> SoftmaxWithLoss.
 
@@ -49,7 +61,10 @@ class MultiLayerNet:
     ``lambda/2 * sum(||W||^2)`` to the loss and ``lambda * W`` to each dW.
     ``use_batchnorm`` adds a BatchNorm after every hidden Affine (parameters
     ``gamma{i}``, ``beta{i}``; running statistics in ``buffers`` as
-    ``running_mean{i}``, ``running_var{i}``); ``use_dropout`` adds an inverted
+    ``running_mean{i}``, ``running_var{i}``, updated as ``r = batchnorm_momentum
+    * r + (1 - batchnorm_momentum) * batch`` and normalising with
+    ``batchnorm_eps``; see :class:`~fastbp.layers.BatchNorm` for how they
+    start and which variance they keep); ``use_dropout`` adds an inverted
     Dropout after every hidden activation, its masks seeded from ``seed``.
     Both act by mode: ``train_flg=True`` (``loss``, ``gradient``,
     ``train_step``) uses batch statistics, updates the running ones and drops
@@ -59,7 +74,7 @@ class MultiLayerNet:
     def __init__(self, input_size, hidden_size_list, output_size, activation="relu",
                  weight_init_std="relu", weight_decay_lambda=0.0, use_dropout=False,
                  dropout_ratio=0.5, use_batchnorm=False, seed=None, backend=None,
-                 dtype="float64"):
+                 dtype="float64", batchnorm_momentum=0.9, batchnorm_eps=1e-6):
         name = type(self).__name__
         _check_choice(name, "activation", activation, _ACTIVATIONS)
         sizes = [input_size, *hidden_size_list, output_size]
@@ -69,6 +84,10 @@ class MultiLayerNet:
                                                 ">= 0", lambda v: v >= 0)
         self.dropout_ratio = check_number(name, "dropout_ratio", dropout_ratio, "in [0, 1)",
                                           lambda r: 0 <= r < 1)
+        self.batchnorm_momentum = check_number(name, "batchnorm_momentum", batchnorm_momentum,
+                                               "in [0, 1]", lambda m: 0 <= m <= 1)
+        self.batchnorm_eps = check_number(name, "batchnorm_eps", batchnorm_eps, "> 0",
+                                          lambda e: e > 0)
         self.use_dropout, self.use_batchnorm = bool(use_dropout), bool(use_batchnorm)
         self.backend = get_backend(backend)
         self.dtype = float_dtype(name, dtype)
@@ -103,8 +122,8 @@ class MultiLayerNet:
         return {"input_size": self.input_size, "hidden_size_list": list(self.hidden_size_list),
                 "output_size": self.output_size, "activation": self.activation,
                 "use_dropout": self.use_dropout, "dropout_ratio": self.dropout_ratio,
-                "use_batchnorm": self.use_batchnorm,
-                "weight_decay_lambda": self.weight_decay_lambda, "dtype": self.dtype.name}
+                "use_batchnorm": self.use_batchnorm, "batchnorm_momentum": self.batchnorm_momentum,
+                "batchnorm_eps": self.batchnorm_eps, "weight_decay_lambda": self.weight_decay_lambda, "dtype": self.dtype.name}
 
     @staticmethod
     def _init_scale(weight_init_std, n_in):
@@ -127,8 +146,9 @@ class MultiLayerNet:
                 break
             if self.use_batchnorm:
                 self.layers[f"BatchNorm{i}"] = BatchNorm(
-                    p[f"gamma{i}"], p[f"beta{i}"], running_mean=self.buffers[f"running_mean{i}"],
-                    running_var=self.buffers[f"running_var{i}"], backend=be)
+                    p[f"gamma{i}"], p[f"beta{i}"], momentum=self.batchnorm_momentum,
+                    running_mean=self.buffers[f"running_mean{i}"],
+                    running_var=self.buffers[f"running_var{i}"], backend=be, eps=self.batchnorm_eps)
             self.layers[f"Activation{i}"] = _ACTIVATIONS[self.activation](be)
             if self.use_dropout:
                 self.layers[f"Dropout{i}"] = Dropout(self.dropout_ratio, be, dropout_seeds[i - 1])
@@ -213,6 +233,10 @@ class MultiLayerNet:
     # --------------------------------------------------------------- backward
     def _loss_and_gradient(self, x, t):
         loss = self._loss(x, t)
+        return loss, self._backward()
+
+    def _backward(self):
+        """Gradients of the loss of the last training forward pass, keyed like ``params``."""
         dout = self.last_layer.backward(1)
         for layer in reversed(self.layers.values()):
             dout = layer.backward(dout)
@@ -225,7 +249,7 @@ class MultiLayerNet:
             if f"BatchNorm{i}" in self.layers:
                 batchnorm = self.layers[f"BatchNorm{i}"]
                 grads[f"gamma{i}"], grads[f"beta{i}"] = batchnorm.dgamma, batchnorm.dbeta
-        return loss, grads
+        return grads
 
     def gradient(self, x, t):
         """Backprop gradients, a dict with the keys of ``params``."""
@@ -265,19 +289,33 @@ class MultiLayerNet:
         return (type(optimizer) is SGD and optimizer.clip_norm is None
                 and not (self.weight_decay_lambda or self.use_dropout or self.use_batchnorm))
 
-    def train_step(self, x, t, optimizer, check_labels=True):
+    def train_step(self, x, t, optimizer, check_labels=True, check_finite=True):
         """Forward, backward and an in-place update; returns the loss (0-d array).
 
-        ``check_labels=False`` skips the label range check, which on a GPU waits
-        for the device; use it only for labels already checked (``Trainer``
-        checks a whole data set once).
+        A NaN or inf loss raises :class:`NonFiniteLossError` (a
+        ``FloatingPointError``) before anything is updated: the parameters,
+        the BatchNorm statistics and the optimizer state stay as they were.
+        ``check_finite=False`` skips that test, and so applies whatever the
+        loss gives; on a GPU the test waits for the device, so ``Trainer``
+        opts out there and checks each epoch's losses at once.
+        ``check_labels=False`` skips the label range check, which on a GPU also
+        waits; use it only for labels already checked (``Trainer`` checks a
+        whole data set once).
         """
         x, t = self._prepare(x, t, where="train_step", check_labels=check_labels)
         if self._fused_step_applies(optimizer):
-            return self.backend.mlp_sgd_step(x, t, self._weights, self._biases, self.activation,
-                                             optimizer.lr)
-        loss, grads = self._loss_and_gradient(x, t)
-        optimizer.update(self.params, grads, backend=self.backend)
+            loss = self.backend.mlp_sgd_step(x, t, self._weights, self._biases, self.activation,
+                                             optimizer.lr, check_finite)
+            if check_finite and not math.isfinite(loss):  # the backend updated nothing
+                raise NonFiniteLossError(f"{type(self).__name__}.train_step", loss)
+            return loss
+        saved = {k: b.copy() for k, b in self.buffers.items()} if check_finite else None
+        loss = self._loss(x, t)
+        if check_finite and not math.isfinite(loss):
+            for key, buffer in self.buffers.items():
+                buffer[...] = saved[key]
+            raise NonFiniteLossError(f"{type(self).__name__}.train_step", loss)
+        optimizer.update(self.params, self._backward(), backend=self.backend)
         return loss
 
 

@@ -12,8 +12,13 @@ scaled, as one, to a global L2 norm of at most ``clip_norm`` before the
 update (as ``torch.nn.utils.clip_grad_norm_``); the scaled grads are copies,
 the caller's arrays are never modified.
 
-Each optimizer equals PyTorch's of the same name (same defaults, ``eps``
-included) on the same sequence of gradients, to rounding.
+Each update rule equals PyTorch's of the same name on the same sequence of
+gradients, to rounding.  The defaults of ``lr``, ``momentum``, ``decay_rate``
+and the betas are the textbook's ("Deep Learning from Scratch"); they are also
+PyTorch's except for SGD, Momentum and Nesterov, where ``torch.optim.SGD``
+defaults to ``lr=1e-3`` and no momentum, and the textbook (and fastbp) to
+``lr=0.01`` and ``momentum=0.9``.  The defaults of ``eps`` are PyTorch's
+(1e-10 for AdaGrad, 1e-8 for RMSprop and Adam), where the textbook adds 1e-7.
 """
 
 from __future__ import annotations
@@ -127,12 +132,12 @@ class Momentum(Optimizer):
 
 
 class Nesterov(Momentum):
-    """Nesterov momentum as ``torch.optim.SGD(momentum=momentum, nesterov=True)``.
+    """Nesterov momentum: ``v = momentum * v - lr * grad; param += momentum * v - lr * grad``.
 
-    ``v = momentum * v - lr * grad; param += momentum * v - lr * grad``.  The
-    DLFS book's Nesterov class scales the new ``v`` by ``momentum**2`` and the
-    gradient by ``1 + momentum``, which is not the same update; this one
-    follows PyTorch.
+    The same update as the DLFS book's Nesterov class, which does ``param +=
+    momentum**2 * v - (1 + momentum) * lr * grad`` before ``v = momentum * v -
+    lr * grad`` (substitute the new ``v`` to see it), and, for a constant
+    ``lr``, as ``torch.optim.SGD(momentum=momentum, nesterov=True)``.
     """
 
     def _update_one(self, backend, key, param, grad):

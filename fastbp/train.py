@@ -11,6 +11,7 @@ nor the net in memory.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -19,11 +20,14 @@ import numpy
 
 import fastbp
 from fastbp.atomic import replacing
+from fastbp.nets import NonFiniteLossError
 
 #: the layout of the checkpoint files this module writes
 CHECKPOINT_FORMAT = 1
 _PARAM, _BUFFER = "param/", "buffer/"
 _CONFIG, _FORMAT = "config", "format"
+#: config entries added after format 1 was fixed, with the value older files imply
+_LATER_CONFIG = {"batchnorm_momentum": 0.9, "batchnorm_eps": 1e-6}
 
 
 def _check_count(owner, argument, value, allow_none=False):
@@ -44,6 +48,15 @@ class Trainer:
     ``train_acc``, ``test_acc`` (empty without test data) and ``epoch_time``
     (seconds of training, evaluation excluded).  ``eval_sample`` limits the
     per-epoch accuracies to the first that many samples of each set.
+
+    A NaN or inf loss stops training with a ``FloatingPointError`` naming the
+    epoch, the batch and the learning rate, before that step's update; so do
+    parameters that are no longer finite at the end of an epoch.  ``history``
+    keeps the epochs finished before.  On the CPU each step's loss is checked
+    (one scalar comparison); on a GPU that would wait for the device at every
+    step, so the steps run unchecked and the epoch's losses are checked at
+    once when it ends: there, the updates after the first bad step of that
+    epoch have been applied when the error is raised.
     """
 
     def __init__(self, net, optimizer, x_train, t_train, x_test=None, t_test=None, epochs=10,
@@ -91,21 +104,32 @@ class Trainer:
         rng = numpy.random.default_rng(self.seed)
         bar = _progress_bar(self.epochs * steps, self.verbose)
         be = self.net.backend
+        check_each_step = not be.gpu  # on a GPU the check would wait for the device
         try:
             for epoch in range(1, self.epochs + 1):
                 if bar is not None:
                     bar.set_description(f"epoch {epoch}/{self.epochs}")
                 order = be.asarray(rng.permutation(n))
                 start = time.perf_counter()
-                total = 0.0
-                for i in range(0, n, self.batch_size):
+                total, losses = 0.0, []
+                for step, i in enumerate(range(0, n, self.batch_size), start=1):
                     batch = order[i:i + self.batch_size]
-                    loss = self.net.train_step(self.x_train[batch], self.t_train[batch],
-                                               self.optimizer, check_labels=False)
+                    try:
+                        loss = self.net.train_step(self.x_train[batch], self.t_train[batch],
+                                                   self.optimizer, check_labels=False,
+                                                   check_finite=check_each_step)
+                    except NonFiniteLossError as exc:
+                        raise self._diverged(epoch, step, steps, exc.loss) from None
+                    losses.append(loss)
                     total = total + loss * len(batch)  # stays on the device
                     if bar is not None:
                         bar.update()
                 mean_loss = float(total) / n  # the epoch's one synchronisation
+                if not math.isfinite(mean_loss):  # steps that ran unchecked
+                    values = be.to_numpy(be.xp.stack(losses))
+                    first = int(numpy.flatnonzero(~numpy.isfinite(values))[0])
+                    raise self._diverged(epoch, first + 1, steps, values[first])
+                self._check_params(epoch)
                 self.history["epoch_time"].append(time.perf_counter() - start)
                 self.history["loss"].append(mean_loss)
                 self._evaluate()
@@ -115,6 +139,22 @@ class Trainer:
             if bar is not None:
                 bar.close()
         return self.history
+
+    def _diverged(self, epoch, step, steps, loss):
+        return FloatingPointError(
+            f"Trainer: the loss of epoch {epoch}, batch {step} of {steps}, is {float(loss)}, not "
+            f"a finite number; training stopped ({epoch - 1} epochs finished, in history). The "
+            f"learning rate is {self.optimizer.lr:g}: lower it, and check the data for NaN or inf")
+
+    def _check_params(self, epoch):
+        """Refuse to go on from an update that overflowed although its loss was finite."""
+        params = self.net.params
+        if self.net.backend.all_finite(list(params.values())):
+            return
+        bad = next(k for k, p in params.items() if not self.net.backend.all_finite([p]))
+        raise FloatingPointError(
+            f"Trainer: after epoch {epoch} params[{bad!r}] holds NaN or inf: the last updates "
+            f"overflowed. The learning rate is {self.optimizer.lr:g}: lower it")
 
     def _evaluate(self):
         k = self.eval_sample
@@ -149,11 +189,18 @@ def save_params(net, path):
     The file written is exactly ``path`` (no ``.npz`` is appended).  The data
     go to a temporary file in the same directory, are flushed to disk, and
     then replace ``path`` in one rename: a crash or an error leaves the
-    previous checkpoint intact.
+    previous checkpoint intact.  A net whose parameters or buffers hold NaN
+    or inf is refused with a ``ValueError`` naming the array, and nothing is
+    written.
     """
     path = Path(path)
     arrays = {_PARAM + key: fastbp.to_numpy(value) for key, value in net.params.items()}
     arrays.update({_BUFFER + key: fastbp.to_numpy(value) for key, value in net.buffers.items()})
+    for key, value in arrays.items():
+        if not numpy.isfinite(value).all():
+            kind, name = key.split("/")
+            raise ValueError(f"save_params({str(path)!r}): {kind}s[{name!r}] holds NaN or inf; a "
+                             "diverged net is not saved (nothing was written)")
     arrays[_CONFIG] = numpy.array(json.dumps(net.config(), sort_keys=True))
     arrays[_FORMAT] = numpy.array(CHECKPOINT_FORMAT)
     with replacing(path) as (f, _):
@@ -176,6 +223,7 @@ def load_params(net, path):
     path = Path(path)
     where = f"load_params({str(path)!r})"
     config, saved = _read_checkpoint(path, where)
+    config = {**_LATER_CONFIG, **config}
     expected = net.config()
     for key in sorted(set(config) | set(expected)):
         if key != "dtype" and config.get(key) != expected.get(key):

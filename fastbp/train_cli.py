@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from fastbp.backends import BACKEND_NAMES
@@ -113,7 +114,11 @@ def cmd_train(args):
               f"lr {optimizer.lr:g}, batch {args.batch_size}, {args.epochs} epochs", flush=True)
     trainer = Trainer(net, optimizer, x_train, t_train, x_test, t_test, epochs=args.epochs,
                       batch_size=args.batch_size, seed=args.seed, verbose=not args.quiet)
-    history = trainer.fit()
+    try:
+        history = trainer.fit()
+    except FloatingPointError as exc:  # diverged: one line, and no checkpoint or plot of it
+        print(f"fastbp train: error: {exc} (--lr sets the learning rate)", file=sys.stderr)
+        return 1
     if args.save is not None:
         save_params(net, args.save)
         if not args.quiet:

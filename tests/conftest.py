@@ -12,8 +12,20 @@ DTYPES = ("float64", "float32")
 PARITY_RTOL = {"float64": 1e-10, "float32": 1e-4}
 
 
+#: the backends a parity test compares with the reference; a visible skip when there is none
+ACCELERATED = [name for name in BACKENDS if name != "numpy"] or [pytest.param(
+    None, marks=pytest.mark.skip(reason="no accelerated backend (numba, cupy) here: parity with "
+                                        "the NumPy reference is untested"), id="none")]
+
+
 @pytest.fixture(params=BACKENDS, scope="session")
 def backend(request):
+    return fastbp.get_backend(request.param)
+
+
+@pytest.fixture(params=ACCELERATED, scope="session")
+def accelerated(request):
+    """A non-reference backend, for tests that compare one with the NumPy reference."""
     return fastbp.get_backend(request.param)
 
 

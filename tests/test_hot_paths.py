@@ -21,37 +21,37 @@ def _arrays(backend, dtype, seed, shapes, transposed=False):
 
 @settings(max_examples=15, deadline=None)
 @given(n=dims, d_in=dims, d_out=dims, seed=st.integers(0, 2**16), transposed=st.booleans())
-def test_affine_matches_reference(backend, reference, dtype, n, d_in, d_out, seed, transposed):
-    x, W, b, dout = _arrays(backend, dtype, seed, [(n, d_in), (d_in, d_out), (d_out,), (n, d_out)],
+def test_affine_matches_reference(accelerated, reference, dtype, n, d_in, d_out, seed, transposed):
+    x, W, b, dout = _arrays(accelerated, dtype, seed, [(n, d_in), (d_in, d_out), (d_out,), (n, d_out)],
                             transposed)
     ref = [reference.asarray(host(a)) for a in (x, W, b, dout)]
-    out = backend.affine_forward(x, W, b)
+    out = accelerated.affine_forward(x, W, b)
     assert out.dtype == numpy.dtype(dtype)
     assert_close(out, reference.affine_forward(*ref[:3]), dtype, "affine_forward")
-    for got, want, name in zip(backend.affine_backward(dout, x, W),
+    for got, want, name in zip(accelerated.affine_backward(dout, x, W),
                                reference.affine_backward(ref[3], ref[0], ref[1]), ("dx", "dW", "db")):
         assert got.dtype == numpy.dtype(dtype), name
         assert_close(got, want, dtype, name)
-    dx, _, _ = backend.affine_backward(dout, x, W, need_dx=False)
+    dx, _, _ = accelerated.affine_backward(dout, x, W, need_dx=False)
     assert dx is None
 
 
 @settings(max_examples=15, deadline=None)
 @given(n=dims, d=dims, seed=st.integers(0, 2**16), transposed=st.booleans())
-def test_activations_match_reference(backend, reference, dtype, n, d, seed, transposed):
-    x, dout = _arrays(backend, dtype, seed, [(n, d), (n, d)], transposed)
+def test_activations_match_reference(accelerated, reference, dtype, n, d, seed, transposed):
+    x, dout = _arrays(accelerated, dtype, seed, [(n, d), (n, d)], transposed)
     rx, rdout = reference.asarray(host(x)), reference.asarray(host(dout))
-    out, mask = backend.relu_forward(x)
+    out, mask = accelerated.relu_forward(x)
     ref_out, ref_mask = reference.relu_forward(rx)
     assert out.dtype == numpy.dtype(dtype)
     assert_close(out, ref_out, dtype, "relu_forward")
-    dx = backend.relu_backward(dout, mask)
+    dx = accelerated.relu_backward(dout, mask)
     assert dx.dtype == numpy.dtype(dtype)
     assert_close(dx, reference.relu_backward(rdout, ref_mask), dtype, "relu_backward")
-    s = backend.sigmoid_forward(x)
+    s = accelerated.sigmoid_forward(x)
     assert s.dtype == numpy.dtype(dtype)
     assert_close(s, reference.sigmoid_forward(rx), dtype, "sigmoid_forward")
-    ds = backend.sigmoid_backward(dout, s)
+    ds = accelerated.sigmoid_backward(dout, s)
     assert_close(ds, reference.sigmoid_backward(rdout, reference.sigmoid_forward(rx)), dtype,
                  "sigmoid_backward")
 
@@ -59,28 +59,28 @@ def test_activations_match_reference(backend, reference, dtype, n, d, seed, tran
 @settings(max_examples=15, deadline=None)
 @given(n=dims, c=st.integers(2, 12), seed=st.integers(0, 2**16), transposed=st.booleans(),
        one_hot=st.booleans())
-def test_softmax_cross_entropy_matches_reference(backend, reference, dtype, n, c, seed,
+def test_softmax_cross_entropy_matches_reference(accelerated, reference, dtype, n, c, seed,
                                                   transposed, one_hot):
-    (x,) = _arrays(backend, dtype, seed, [(n, c)], transposed)
+    (x,) = _arrays(accelerated, dtype, seed, [(n, c)], transposed)
     labels = numpy.random.default_rng(seed).integers(0, c, n)
     t_host = numpy.eye(c, dtype=dtype)[labels] if one_hot else labels
-    t = backend.asarray(t_host)
-    loss, probs = backend.softmax_cross_entropy(x, t)
+    t = accelerated.asarray(t_host)
+    loss, probs = accelerated.softmax_cross_entropy(x, t)
     ref_loss, ref_probs = reference.softmax_cross_entropy(reference.asarray(host(x)), t_host)
     assert probs.dtype == numpy.dtype(dtype) and loss.dtype == numpy.dtype(dtype)
     assert_close(loss, ref_loss, dtype, "loss")
     assert_close(probs, ref_probs, dtype, "probs")
-    dx = backend.softmax_cross_entropy_backward(probs, t)
+    dx = accelerated.softmax_cross_entropy_backward(probs, t)
     assert dx.dtype == numpy.dtype(dtype)
     assert_close(dx, reference.softmax_cross_entropy_backward(ref_probs, t_host), dtype, "dx")
 
 
-def test_sgd_update_matches_reference_in_place(backend, reference, dtype):
-    param, grad = _arrays(backend, dtype, 0, [(5, 3), (5, 3)])
+def test_sgd_update_matches_reference_in_place(accelerated, reference, dtype):
+    param, grad = _arrays(accelerated, dtype, 0, [(5, 3), (5, 3)])
     expected = reference.asarray(host(param))
     reference.sgd_update(expected, reference.asarray(host(grad)), 0.1)
     same_object = param
-    backend.sgd_update(param, grad, 0.1)
+    accelerated.sgd_update(param, grad, 0.1)
     assert param is same_object and param.dtype == numpy.dtype(dtype)
     assert_close(param, expected, dtype, "sgd")
 

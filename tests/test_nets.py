@@ -32,8 +32,8 @@ def test_net_uses_the_current_backend(backend):
         assert TwoLayerNet(4, 3, 2).backend is backend
 
 
-def test_same_seed_same_net_on_every_backend(backend):
-    ours = TwoLayerNet(10, 6, 3, seed=7, backend=backend)
+def test_same_seed_same_net_on_every_backend(accelerated):
+    ours = TwoLayerNet(10, 6, 3, seed=7, backend=accelerated)
     ref = TwoLayerNet(10, 6, 3, seed=7, backend="numpy")
     for key in ref.params:
         numpy.testing.assert_array_equal(host(ours.params[key]), ref.params[key])
@@ -56,13 +56,13 @@ def test_gradient_check_catches_a_wrong_backward(monkeypatch):
 
 
 @pytest.mark.parametrize("one_hot", [False, True])
-def test_backends_agree_with_the_reference(backend, dtype, one_hot):
+def test_backends_agree_with_the_reference(accelerated, dtype, one_hot):
     x, t = _batch(16, 12, 4)
     if one_hot:
         t = numpy.eye(4)[t]
-    ours = TwoLayerNet(12, 9, 4, weight_init_std=0.5, seed=3, backend=backend, dtype=dtype)
+    ours = TwoLayerNet(12, 9, 4, weight_init_std=0.5, seed=3, backend=accelerated, dtype=dtype)
     ref = TwoLayerNet(12, 9, 4, weight_init_std=0.5, seed=3, backend="numpy", dtype=dtype)
-    ours_x, ours_t = backend.asarray(x), backend.asarray(t)
+    ours_x, ours_t = accelerated.asarray(x), accelerated.asarray(t)
     assert_close(ours.loss(ours_x, ours_t), ref.loss(x, t), dtype, "loss")
     grads, ref_grads = ours.gradient(ours_x, ours_t), ref.gradient(x, t)
     for key in ref_grads:
@@ -143,6 +143,8 @@ def test_float64_inputs_do_not_promote_a_float32_net(backend):
     ({"dtype": "bogus"}, "received 'bogus'"),
     ({"activation": "tanh"}, "activation must be one of"),
     ({"hidden_size_list": [0]}, "layer sizes must be positive integers"),
+    ({"batchnorm_momentum": 1.5}, r"batchnorm_momentum must be in \[0, 1\], received 1.5"),
+    ({"batchnorm_eps": 0}, "batchnorm_eps must be > 0, received 0"),
 ])
 def test_bad_constructor_arguments(kwargs, message):
     args = {"input_size": 4, "hidden_size_list": [3], "output_size": 2, **kwargs}
@@ -219,7 +221,8 @@ def test_extended_net_names_parameters_and_buffers_like_the_textbook(backend, dt
                                 "BatchNorm2", "Activation2", "Dropout2", "Affine3"]
     assert net.config() == {"input_size": 6, "hidden_size_list": [5, 4], "output_size": 3,
                             "activation": "relu", "use_dropout": True, "dropout_ratio": 0.5,
-                            "use_batchnorm": True, "weight_decay_lambda": 0.0, "dtype": dtype}
+                            "use_batchnorm": True, "batchnorm_momentum": 0.9, "batchnorm_eps": 1e-6,
+                            "weight_decay_lambda": 0.0, "dtype": dtype}
 
 
 def test_same_seed_same_weights_with_or_without_the_options():
@@ -241,6 +244,21 @@ def test_running_stats_update_in_training_and_serve_inference(backend):
     for key in net.buffers:  # as a checkpoint load does: in place, through the dict
         net.buffers[key][...] = backend.asarray(before[key])
     numpy.testing.assert_allclose(host(net.predict(x)), predicted, rtol=1e-12)
+
+
+def test_batchnorm_momentum_and_eps_reach_the_layers(backend):
+    net = MultiLayerNet(6, [5], 3, use_batchnorm=True, batchnorm_momentum=0.25,
+                        batchnorm_eps=1e-3, seed=0, backend=backend)
+    layer = net.layers["BatchNorm1"]
+    assert (layer.momentum, layer.eps) == (0.25, 1e-3)
+    assert (net.config()["batchnorm_momentum"], net.config()["batchnorm_eps"]) == (0.25, 1e-3)
+    x, t = _batch(10, 6, 3)
+    net.loss(backend.asarray(x), backend.asarray(t))  # one training pass from mean 0, var 1
+    z = x @ host(net.params["W1"])
+    numpy.testing.assert_allclose(host(net.buffers["running_mean1"]), 0.75 * z.mean(axis=0),
+                                  rtol=1e-12)
+    numpy.testing.assert_allclose(host(net.buffers["running_var1"]), 0.25 + 0.75 * z.var(axis=0),
+                                  rtol=1e-12)
 
 
 def test_numerical_gradient_leaves_buffers_and_masks_as_they_were(backend):
@@ -280,12 +298,12 @@ def test_train_step_with_options_equals_gradient_then_update(backend, dtype, dro
 
 
 @pytest.mark.parametrize("activation", ["relu", "sigmoid"])
-def test_batchnorm_net_agrees_with_the_reference(backend, dtype, activation):
+def test_batchnorm_net_agrees_with_the_reference(accelerated, dtype, activation):
     x, t = _batch(10, 6, 3)
-    ours = _extended(backend, activation, dropout=False, lam=0.1, dtype=dtype, seed=3)
+    ours = _extended(accelerated, activation, dropout=False, lam=0.1, dtype=dtype, seed=3)
     ref = _extended("numpy", activation, dropout=False, lam=0.1, dtype=dtype, seed=3)
-    assert_close(ours.loss(backend.asarray(x), backend.asarray(t)), ref.loss(x, t), dtype, "loss")
-    grads, ref_grads = ours.gradient(backend.asarray(x), backend.asarray(t)), ref.gradient(x, t)
+    assert_close(ours.loss(accelerated.asarray(x), accelerated.asarray(t)), ref.loss(x, t), dtype, "loss")
+    grads, ref_grads = ours.gradient(accelerated.asarray(x), accelerated.asarray(t)), ref.gradient(x, t)
     for key in ref_grads:
         assert grads[key].dtype == numpy.dtype(dtype)
         if key in ("b1", "b2"):  # zero up to rounding: the BatchNorm after it cancels it
@@ -294,7 +312,7 @@ def test_batchnorm_net_agrees_with_the_reference(backend, dtype, activation):
             assert_close(grads[key], ref_grads[key], dtype, key)
     for key in ref.buffers:
         assert_close(ours.buffers[key], ref.buffers[key], dtype, key)
-    assert_close(ours.predict(backend.asarray(x)), ref.predict(x), dtype, "predict")
+    assert_close(ours.predict(accelerated.asarray(x)), ref.predict(x), dtype, "predict")
 
 
 def test_seeded_dropout_training_is_reproducible(backend):

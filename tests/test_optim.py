@@ -22,19 +22,6 @@ def test_sgd_updates_in_place(backend):
     numpy.testing.assert_array_equal(host(params["b"]), numpy.full(3, -0.5))
 
 
-@pytest.mark.parametrize("grads, message", [
-    (lambda be: {"W": be.asarray(numpy.ones((2, 3)))}, "same keys"),
-    (lambda be: {"W": be.asarray(numpy.ones((2, 3))), "b": be.asarray(numpy.ones(4))},
-     r"grads\['b'\] must have shape \(3,\), received \(4,\)"),
-])
-def test_bad_grads_change_nothing(backend, grads, message):
-    params = _params(backend)
-    with pytest.raises(ValueError, match=f"SGD.update: .*{message}"):
-        SGD(lr=0.1).update(params, grads(backend))
-    numpy.testing.assert_array_equal(host(params["W"]), numpy.ones((2, 3)))
-    numpy.testing.assert_array_equal(host(params["b"]), numpy.zeros(3))
-
-
 @pytest.mark.parametrize("lr", [0, -1.0])
 def test_learning_rate_must_be_positive(lr):
     with pytest.raises(ValueError, match=f"SGD: lr must be > 0, received {lr}"):
@@ -196,6 +183,7 @@ def _state_copy(opt):
      r"grads\['b'\] must have shape \(3,\), received \(4,\)"),
 ])
 def test_bad_grads_change_neither_params_nor_state(backend, cls, grads, message):
+    """Every optimizer, SGD included: refused before anything moves, fresh or with state."""
     opt, params = cls(clip_norm=0.1), _params(backend)
     for _ in range(2):  # once on a fresh optimizer, once after a good step
         before, state = _snapshot(params), _state_copy(opt)

@@ -39,14 +39,14 @@ def _on(backend, arrays, dtype, transposed=False):
 @pytest.mark.parametrize("method", UPDATES)
 @settings(max_examples=10, deadline=None)
 @given(shape=shapes, seed=st.integers(0, 2**16), transposed=st.booleans())
-def test_update_matches_reference_in_place(backend, reference, dtype, method, shape, seed,
+def test_update_matches_reference_in_place(accelerated, reference, dtype, method, shape, seed,
                                            transposed):
     names, hyper = UPDATES[method]
     arrays = _host_arrays(names, shape, seed)
-    ours = _on(backend, arrays, dtype, transposed and len(shape) == 2)
+    ours = _on(accelerated, arrays, dtype, transposed and len(shape) == 2)
     ref = _on(reference, arrays, dtype)
     identities = [id(a) for a in ours]
-    getattr(backend, method)(*ours, *hyper)
+    getattr(accelerated, method)(*ours, *hyper)
     getattr(reference, method)(*ref, *hyper)
     assert [id(a) for a in ours] == identities
     for name, got, want in zip(names, ours, ref):
@@ -58,16 +58,16 @@ def test_update_matches_reference_in_place(backend, reference, dtype, method, sh
 @settings(max_examples=15, deadline=None)
 @given(n=st.integers(2, 30), d=st.integers(1, 20), seed=st.integers(0, 2**16),
        transposed=st.booleans(), train_flg=st.booleans())
-def test_batchnorm_matches_reference(backend, reference, dtype, n, d, seed, transposed, train_flg):
+def test_batchnorm_matches_reference(accelerated, reference, dtype, n, d, seed, transposed, train_flg):
     rng = numpy.random.default_rng(seed)
     x, dout = rng.standard_normal((n, d)) * 3 + 1, rng.standard_normal((n, d))
     gamma, beta, mean = rng.standard_normal((3, d))
     var = rng.random(d) + 0.5
-    ours = [*_on(backend, [x, dout], dtype, transposed),
-            *_on(backend, [gamma, beta, mean, var], dtype)]
+    ours = [*_on(accelerated, [x, dout], dtype, transposed),
+            *_on(accelerated, [gamma, beta, mean, var], dtype)]
     ref = _on(reference, [x, dout, gamma, beta, mean, var], dtype)
     results = []
-    for be, (x_, dout_, gamma_, beta_, mean_, var_) in ((backend, ours), (reference, ref)):
+    for be, (x_, dout_, gamma_, beta_, mean_, var_) in ((accelerated, ours), (reference, ref)):
         out, xn, inv_std = be.batchnorm_forward(x_, gamma_, beta_, mean_, var_, 0.9, 1e-6,
                                                 train_flg)
         results.append((out, xn, inv_std, mean_, var_,

@@ -11,6 +11,8 @@ this backend is an error that says how to move it once (``fastbp.to_device``).
 
 from __future__ import annotations
 
+import math
+
 import numpy
 
 try:
@@ -39,10 +41,11 @@ if _visible_devices() == 0:
 # expression of the upstream gradient ``dout`` and the activation's output ``y``.
 _ACT_FORWARD = {
     "identity": "v",
-    "relu": "v > 0 ? v : (T)0",
+    "relu": "v <= (T)0 ? (T)0 : v",  # max(v, 0) with NaN kept, as NumPy's maximum
     "sigmoid": "v >= 0 ? (T)1 / ((T)1 + exp(-v)) : exp(v) / ((T)1 + exp(v))",
 }
-_ACT_BACKWARD = {"relu": "y > 0 ? dout : (T)0", "sigmoid": "dout * y * ((T)1 - y)"}
+# ReLU gives NaN where its output was NaN (``y * 0``), as the reference does.
+_ACT_BACKWARD = {"relu": "y > (T)0 ? dout : y * (T)0", "sigmoid": "dout * y * ((T)1 - y)"}
 
 _bias_act = {name: cupy.ElementwiseKernel("T b", "T z", f"T v = z + b; z = {expr}",
                                           f"fastbp_bias_{name}")
@@ -232,8 +235,11 @@ class CupyBackend(NumpyBackend):
         _UPDATES["adam"](grad, *_typed(param, *constants), param, m, v)
 
     # ------------------------------------------------------ the whole SGD step
-    def mlp_sgd_step(self, x, t, weights, biases, activation, lr):
-        """Bias + activation fused after each product, softmax + loss + gradient in one kernel."""
+    def mlp_sgd_step(self, x, t, weights, biases, activation, lr, check_finite=True):
+        """Bias + activation fused after each product, softmax + loss + gradient in one kernel.
+
+        ``check_finite`` reads the loss back from the device (one synchronisation).
+        """
         n, dtype = x.shape[0], x.dtype
         acts = [x]
         for i, W in enumerate(weights):
@@ -242,6 +248,8 @@ class CupyBackend(NumpyBackend):
                 _bias_act[activation](biases[i], z)
             acts.append(z)
         total, d = _softmax_xent(acts.pop(), biases[-1], t, 1.0 / n)
+        if check_finite and not math.isfinite(total):
+            return total / dtype.type(n)  # nothing is updated from a NaN or inf loss
         backward = _act_backward[activation]
         for i in reversed(range(len(weights))):
             W, a_in = weights[i], acts[i]

@@ -12,6 +12,7 @@ to the reference implementation.
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -177,18 +178,18 @@ class NumbaBackend(NumpyBackend):
             super().adam_update(param, grad, m, v, lr, beta1, beta2, step, eps)
 
     # ------------------------------------------------------ the whole SGD step
-    def mlp_sgd_step(self, x, t, weights, biases, activation, lr):
+    def mlp_sgd_step(self, x, t, weights, biases, activation, lr, check_finite=True):
         n = x.shape[0]
         # the tiny path is decided first, with the fewest checks: its whole step takes ~6 µs
         if (len(weights) == 2 and t.ndim == 1
                 and n * (weights[0].size + weights[1].size) <= TINY_STEP_FLOPS):
             (W1, W2), (b1, b2) = weights, biases
             if _floats(x, W1, b1, W2, b2):
-                return x.dtype.type(K.tiny_mlp_sgd_step(x, t, W1, b1, W2, b2,
-                                                        _ACTIVATIONS[activation], float(lr), 1.0 / n))
+                return x.dtype.type(K.tiny_mlp_sgd_step(x, t, W1, b1, W2, b2, _ACTIVATIONS[activation],
+                                                        float(lr), 1.0 / n, check_finite))
         dtype, arrays = x.dtype, (*weights, *biases)
         if not (_floats(x, *arrays) and all(a.flags.c_contiguous for a in arrays)):
-            return super().mlp_sgd_step(x, t, weights, biases, activation, lr)
+            return super().mlp_sgd_step(x, t, weights, biases, activation, lr, check_finite)
         act, lr = _ACTIVATIONS[activation], float(lr)
 
         # forward: each product, then bias + activation in place
@@ -201,6 +202,8 @@ class NumbaBackend(NumpyBackend):
         logits = acts.pop()
         d = np.empty_like(logits)
         loss = K.softmax_xent(logits, biases[-1], t, d, 1.0 / n)
+        if check_finite and not math.isfinite(loss):
+            return dtype.type(loss)  # nothing is updated from a NaN or inf loss
 
         # backward, with each update folded into the pass that makes its gradient
         K.act_backward_bias_sgd(d, d, K.IDENTITY, biases[-1], lr)

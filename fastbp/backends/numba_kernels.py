@@ -44,21 +44,25 @@ def _sigmoid(v, one):
 
 @njit(cache=True, error_model="numpy")
 def _act(v, act, one):
-    if act == RELU:
-        return v if v > 0 else one - one
+    if act == RELU:  # max(v, 0) with NaN kept, as NumPy's maximum
+        return one - one if v <= 0 else v
     if act == SIGMOID:
         return _sigmoid(v, one)
     return v
 
 
 @njit(cache=True, error_model="numpy")
-def _act_grad(a, act, one):
-    """The activation's derivative from its output ``a``."""
+def _act_backward(d, a, act, one):
+    """The gradient ``d`` through the activation whose output is ``a``.
+
+    ReLU passes ``d`` where ``a > 0``, gives 0 where ``a`` is 0 and NaN where
+    ``a`` is NaN (``a * 0``), as the reference does.
+    """
     if act == RELU:
-        return one if a > 0 else one - one
+        return d if a > 0 else a * (one - one)
     if act == SIGMOID:
-        return a * (one - a)
-    return one
+        return d * (a * (one - a))
+    return d
 
 
 @njit(cache=True, error_model="numpy")
@@ -82,7 +86,7 @@ def act_backward_col_sums(d, a, act):
     for i in range(d.shape[0]):
         for j in range(d.shape[1]):
             if act != IDENTITY:
-                d[i, j] = d[i, j] * _act_grad(a[i, j], act, one)
+                d[i, j] = _act_backward(d[i, j], a[i, j], act, one)
             out[j] += d[i, j]
     return out
 
@@ -114,7 +118,7 @@ def act_backward(dout, a, dx, act):
     one = dout.dtype.type(1)
     for i in range(dout.shape[0]):
         for j in range(dout.shape[1]):
-            dx[i, j] = dout[i, j] * _act_grad(a[i, j], act, one)
+            dx[i, j] = _act_backward(dout[i, j], a[i, j], act, one)
 
 
 @njit(cache=True, error_model="numpy")
@@ -347,7 +351,7 @@ def _sum_of_logs(values):
 
 
 @njit(cache=True, error_model="numpy")
-def tiny_mlp_sgd_step(x, t, W1, b1, W2, b2, act, lr, scale):
+def tiny_mlp_sgd_step(x, t, W1, b1, W2, b2, act, lr, scale, check_finite):
     """One SGD step of Affine-act-Affine-softmax on a tiny net, in loops, no BLAS.
 
     For nets like the 2-8-2 toy, calling BLAS five times costs more than the
@@ -356,7 +360,8 @@ def tiny_mlp_sgd_step(x, t, W1, b1, W2, b2, act, lr, scale):
     along the batch and vectorises; only the weight and bias gradients are
     reductions.  All scratch arrays are views of one allocation.  ``t`` holds
     class indices; ``scale`` is ``1 / N``.  Returns the mean loss, like
-    :func:`softmax_xent`.
+    :func:`softmax_xent`; with ``check_finite`` a NaN or inf loss returns
+    before any update.
     """
     n, d_in = x.shape
     d_hid, d_out = W2.shape
@@ -387,6 +392,8 @@ def tiny_mlp_sgd_step(x, t, W1, b1, W2, b2, act, lr, scale):
     for i in range(n):
         offsets[i] = shift[i] - zT[t[i], i]
     loss = _sum_of_logs(total) + _vector_sum(offsets)
+    if check_finite and not np.isfinite(loss):
+        return loss / x.dtype.type(n)  # nothing is updated from a NaN or inf loss
     for c in range(d_out):
         for i in range(n):
             dT[c, i] = (dT[c, i] - (one if t[i] == c else zero)) * scale
@@ -398,7 +405,7 @@ def tiny_mlp_sgd_step(x, t, W1, b1, W2, b2, act, lr, scale):
             for i in range(n):
                 gT[j, i] += w * dT[c, i]
         for i in range(n):
-            gT[j, i] *= _act_grad(hT[j, i], act, one)
+            gT[j, i] = _act_backward(gT[j, i], hT[j, i], act, one)
     for c in range(d_out):
         for j in range(d_hid):
             W2[j, c] -= lr * _dot(hT[j], dT[c])

@@ -70,6 +70,11 @@ class NumpyBackend:
     def synchronize(self):
         """Wait for queued work to finish (a no-op on the host)."""
 
+    def all_finite(self, arrays) -> bool:
+        """True when no array holds NaN or inf (one device synchronisation on a GPU)."""
+        xp = self.xp
+        return bool(xp.stack([xp.isfinite(a).all() for a in arrays]).all()) if arrays else True
+
     # ----------------------------------------------------------------- affine
     def affine_forward(self, x, W, b):
         return x @ W + b
@@ -81,13 +86,18 @@ class NumpyBackend:
 
     # ------------------------------------------------------------ activations
     def relu_forward(self, x):
-        """Return ``(out, mask)`` where ``mask`` marks the inputs that passed."""
-        mask = x > 0
-        return self.xp.where(mask, x, 0), mask
+        """Return ``(out, mask)``: ``out = max(x, 0)`` keeps NaN (as NumPy and PyTorch do),
+        and the mask is ``out`` itself: positive exactly where ``x`` passed, NaN where it was NaN.
+        """
+        out = self.xp.maximum(x, 0)
+        return out, out
 
     def relu_backward(self, dout, mask):
-        """A new array; the caller's ``dout`` is never overwritten."""
-        return self.xp.where(mask, dout, 0)
+        """``dout`` where the output was positive, 0 where it was 0, NaN where it was NaN.
+
+        A new array; the caller's ``dout`` is never overwritten.
+        """
+        return self.xp.where(mask > 0, dout, mask * 0)
 
     def sigmoid_forward(self, x):
         # exp(-logaddexp(0, -x)) = 1 / (1 + exp(-x)) without overflow for large -x.
@@ -207,12 +217,14 @@ class NumpyBackend:
         param -= lr * direction / denom
 
     # ------------------------------------------------------- the whole step
-    def mlp_sgd_step(self, x, t, weights, biases, activation, lr):
+    def mlp_sgd_step(self, x, t, weights, biases, activation, lr, check_finite=True):
         """One SGD step of Affine-activation-...-Affine-softmax, in place; returns the loss.
 
         The pure-array form of ``train_step`` for plain nets with plain SGD, so a
         backend can fuse the whole step.  The reference composes the hot paths
-        and skips the input gradient of the first layer.
+        and skips the input gradient of the first layer.  With ``check_finite``
+        a NaN or inf loss returns before anything is updated (on a GPU the test
+        waits for the device).
         """
         relu = activation == "relu"
         acts, caches = [x], []
@@ -223,6 +235,8 @@ class NumpyBackend:
                 caches.append(cache)
             acts.append(z)
         loss, probs = self.softmax_cross_entropy(acts.pop(), t)
+        if check_finite and not math.isfinite(loss):
+            return loss
         d = self.softmax_cross_entropy_backward(probs, t)
         for i in reversed(range(len(weights))):
             d_below, dW, db = self.affine_backward(d, acts[i], weights[i], need_dx=i > 0)

@@ -35,12 +35,14 @@ def _positive_float(text):
 
 # ------------------------------------------------------------------- info
 def cmd_info(args):
+    from fastbp.distributed import mpi_info
     from fastbp.sysinfo import machine_info
 
     backends = fastbp.backend_info()  # creates the available backends, loading their BLAS
     machine = machine_info()
+    mpi = mpi_info()
     if args.json:
-        print(json.dumps({"version": fastbp.__version__, "backends": backends, **machine},
+        print(json.dumps({"version": fastbp.__version__, "backends": backends, **machine, "mpi": mpi},
                          indent=2, default=str))
         return 0
     cpu = machine["cpu"]
@@ -62,6 +64,10 @@ def cmd_info(args):
                   f"{lib['num_threads']} threads ({lib['threading_layer']})")
         if "warning" in lib:
             print(f"    WARNING: {lib['warning']}")
+    if mpi["available"]:
+        print(f"mpi: mpi4py {mpi['mpi4py']}, {mpi['library']} (MPI {mpi['standard']})")
+    else:
+        print(f"mpi: unavailable ({mpi['reason']})")
     for key, value in machine["environment"].items():
         print(f"env: {key}={value}")
     return 0

@@ -32,7 +32,7 @@ def test_info_lists_every_backend_and_blas(capsys):
     out = capsys.readouterr().out
     for name in ("numpy", "numba", "cupy"):
         assert name in out
-    assert "blas:" in out and "cpu:" in out
+    assert "blas:" in out and "cpu:" in out and "mpi:" in out
 
 
 def test_info_json():
@@ -41,6 +41,7 @@ def test_info_json():
     info = json.loads(out)
     assert info["backends"]["numpy"]["available"] is True
     assert info["cpu"]["cores"] >= 1 and info["blas"]
+    assert isinstance(info["mpi"]["available"], bool)
 
 
 @pytest.mark.parametrize("argv, fragment", [

@@ -56,27 +56,35 @@ _act_backward = {name: cupy.ElementwiseKernel("T dout, T y", "T d", f"d = {expr}
                                               f"fastbp_{name}_backward")
                  for name, expr in _ACT_BACKWARD.items()}
 _sgd = cupy.ElementwiseKernel("T grad, T lr", "T param", "param -= lr * grad", "fastbp_sgd")
-# One kernel per parameter and optimizer, in the reference's order of operations.
+# One kernel per parameter and optimizer, in the reference's order of operations;
+# ``FLUSH(s)`` zeroes a state value below the smallest normal ``tiny`` (NaN stays NaN).
+_FLUSH = "#define FLUSH(s) s = fabs(s) < tiny ? (T)0 : s\n"
 _UPDATES = {
-    name: cupy.ElementwiseKernel(inputs, outputs, body, f"fastbp_{name}")
+    name: cupy.ElementwiseKernel(inputs + ", T tiny", outputs, body, f"fastbp_{name}",
+                                 preamble=_FLUSH)
     for name, inputs, outputs, body in [
         ("momentum", "T grad, T lr, T mu", "T param, T v",
-         "v = v * mu - lr * grad; param += v"),
+         "v = v * mu - lr * grad; FLUSH(v); param += v"),
         ("nesterov", "T grad, T lr, T mu", "T param, T v",
-         "T step = lr * grad; v = v * mu - step; param = param - step + mu * v"),
+         "T step = lr * grad; v = v * mu - step; FLUSH(v); param = param - step + mu * v"),
         ("adagrad", "T grad, T lr, T eps", "T param, T h",
-         "h += grad * grad; param -= lr * grad / (sqrt(h) + eps)"),
+         "h += grad * grad; FLUSH(h); param -= lr * grad / (sqrt(h) + eps)"),
         ("rmsprop", "T grad, T lr, T eps, T decay, T keep", "T param, T h",
-         "h = h * decay + keep * (grad * grad); param -= lr * grad / (sqrt(h) + eps)"),
+         "h = h * decay + keep * (grad * grad); FLUSH(h); param -= lr * grad / (sqrt(h) + eps)"),
         ("adam", "T grad, T lr, T eps, T beta1, T keep1, T beta2, T keep2", "T param, T m, T v",
-         "m = m * beta1 + keep1 * grad; v = v * beta2 + keep2 * (grad * grad); "
-         "param -= lr * m / (sqrt(v) + eps)"),
+         "m = m * beta1 + keep1 * grad; v = v * beta2 + keep2 * (grad * grad); FLUSH(m); "
+         "FLUSH(v); param -= lr * m / (sqrt(v) + eps)"),
     ]
 }
 
 # One thread per row: logits of a row are few (the classes), and the loss and
 # its gradient come out of the same pass over them.
 _SOFTMAX_XENT_SOURCE = r"""
+template<typename T> __device__ T smallest_normal();
+template<> __device__ float smallest_normal<float>() { return 1.17549435e-38f; }
+template<> __device__ double smallest_normal<double>() { return 2.2250738585072014e-308; }
+
+// Probabilities below the smallest normal are 0, as in the reference.
 template<typename T>
 __device__ T softmax_row(const T* z, const T* b, long long i, int c, T* out, T* shift) {
     const T* zi = z + i * c;
@@ -85,7 +93,10 @@ __device__ T softmax_row(const T* z, const T* b, long long i, int c, T* out, T* 
     for (int j = 1; j < c; ++j) m = max(m, zi[j] + b[j]);
     T s = 0;
     for (int j = 0; j < c; ++j) { T e = exp(zi[j] + b[j] - m); oi[j] = e; s += e; }
-    for (int j = 0; j < c; ++j) oi[j] /= s;
+    for (int j = 0; j < c; ++j) {
+        T p = oi[j] / s;
+        oi[j] = p < smallest_normal<T>() ? (T)0 : p;
+    }
     *shift = m;
     return log(s);
 }
@@ -148,8 +159,9 @@ def _softmax_xent(z, b, t, scale):
 
 
 def _typed(array, *scalars):
-    """Python numbers as scalars of ``array``'s dtype (kernel arguments must match ``T``)."""
-    return [array.dtype.type(s) for s in scalars]
+    """Python numbers as scalars of ``array``'s dtype (kernel arguments must match ``T``),
+    then the dtype's smallest normal, the last argument of every update kernel."""
+    return [array.dtype.type(s) for s in (*scalars, numpy.finfo(array.dtype).tiny)]
 
 
 class CupyBackend(NumpyBackend):

@@ -122,6 +122,12 @@ def act_backward(dout, a, dx, act):
 
 
 @njit(cache=True, error_model="numpy")
+def _flushed(v, tiny):
+    """``v``, or 0 below the smallest normal ``tiny`` (NaN stays NaN): a select, not a pass."""
+    return v - v if abs(v) < tiny else v
+
+
+@njit(cache=True, error_model="numpy")
 def _sum(values):
     """A plain loop in index order: a fixed summation order, whatever the threads."""
     total = values[0] - values[0]
@@ -135,9 +141,11 @@ def _sum(values):
 def _xent_rows(z, b, t, out, losses, scale, one, start, stop):
     """Rows ``start:stop`` of the loss of ``softmax(z + b)`` against ``t``.
 
-    ``out`` receives the probabilities, or with ``scale != 0`` the gradient
-    ``(p - t) * scale``.  Rows at a time: a call per row would cost more than its work.
+    ``out`` receives the probabilities (flushed of subnormals), or with
+    ``scale != 0`` the gradient ``(p - t) * scale``.  Rows at a time: a call
+    per row would cost more than its work.
     """
+    tiny = z.dtype.type(np.finfo(z.dtype).tiny)
     for i in range(start, stop):
         m = z[i, 0] + b[0]
         for j in range(1, z.shape[1]):
@@ -149,7 +157,7 @@ def _xent_rows(z, b, t, out, losses, scale, one, start, stop):
             s += e
         lse = np.log(s)
         for j in range(z.shape[1]):
-            out[i, j] /= s
+            out[i, j] = _flushed(out[i, j] / s, tiny)
         if t.ndim == 1:
             k = t[i]
             losses[i] = lse - (z[i, k] + b[k] - m)
@@ -228,10 +236,13 @@ def optimizer_update(kind, p, g, s1, s2, c):
 
     ``s1``/``s2`` are the optimizer's state (velocity, h, or Adam's m and v;
     unused ones alias ``p``) and ``c`` its constants in the arrays' dtype, in
-    the order the reference applies them, so every rounding step matches it.
-    One loop per kind, with the constants in locals, so each loop vectorises.
+    the order the reference applies them, so every rounding step matches it;
+    the state is flushed of subnormals before the parameter reads it, as in
+    the reference.  One loop per kind, with the constants in locals, so each
+    loop vectorises.
     """
     n = p.size
+    tiny = p.dtype.type(np.finfo(p.dtype).tiny)
     if kind == SGD:
         lr = c[0]
         for i in range(n):
@@ -240,22 +251,23 @@ def optimizer_update(kind, p, g, s1, s2, c):
         lr, mu = c[0], c[1]
         for i in range(n):
             step = lr * g[i]
-            v = s1[i] * mu - step
+            v = _flushed(s1[i] * mu - step, tiny)
             s1[i] = v
             p[i] = p[i] + v if kind == MOMENTUM else p[i] - step + mu * v
     elif kind == ADAGRAD or kind == RMSPROP:
         lr, eps, decay, keep = c[0], c[1], c[2], c[3]
         for i in range(n):
             gi = g[i]
-            h = s1[i] + gi * gi if kind == ADAGRAD else s1[i] * decay + keep * (gi * gi)
+            h = _flushed(s1[i] + gi * gi if kind == ADAGRAD else s1[i] * decay + keep * (gi * gi),
+                         tiny)
             s1[i] = h
             p[i] -= lr * gi / (np.sqrt(h) + eps)
     else:  # ADAM; c: corrected lr, corrected eps, beta1, 1 - beta1, beta2, 1 - beta2
         lr, eps, beta1, keep1, beta2, keep2 = c[0], c[1], c[2], c[3], c[4], c[5]
         for i in range(n):
             gi = g[i]
-            m = s1[i] * beta1 + keep1 * gi
-            v = s2[i] * beta2 + keep2 * (gi * gi)
+            m = _flushed(s1[i] * beta1 + keep1 * gi, tiny)
+            v = _flushed(s2[i] * beta2 + keep2 * (gi * gi), tiny)
             s1[i] = m
             s2[i] = v
             p[i] -= lr * m / (np.sqrt(v) + eps)
@@ -303,15 +315,16 @@ def _softmax_columns(zT, pT, shift, total):
     ``exp(z - shift)`` in ``total``, for the loss.  With two classes the
     softmax is the logistic function of the difference: one ``exp`` per
     sample instead of two, and the same numbers (the larger score's term is
-    ``exp(0) = 1`` either way).
+    ``exp(0) = 1`` either way).  Probabilities are flushed of subnormals, as
+    in the reference.
     """
-    one = zT.dtype.type(1)
+    one, tiny = zT.dtype.type(1), zT.dtype.type(np.finfo(zT.dtype).tiny)
     if zT.shape[0] == 2:
         for i in range(zT.shape[1]):
             z0, z1 = zT[0, i], zT[1, i]
             e = np.exp(-abs(z1 - z0))
             total[i] = one + e
-            high, low = one / total[i], e / total[i]
+            high, low = one / total[i], _flushed(e / total[i], tiny)
             up = z1 > z0  # selects, not branches: the loop vectorises around the exp
             shift[i] = z1 if up else z0
             pT[0, i] = low if up else high
@@ -330,7 +343,7 @@ def _softmax_columns(zT, pT, shift, total):
             total[i] += e
     for c in range(zT.shape[0]):
         for i in range(zT.shape[1]):
-            pT[c, i] /= total[i]
+            pT[c, i] = _flushed(pT[c, i] / total[i], tiny)
 
 
 @njit(cache=True, error_model="numpy")

@@ -108,7 +108,10 @@ class NumpyBackend:
 
     # ------------------------------------------------ softmax + cross-entropy
     def softmax_cross_entropy(self, x, t):
-        """Return ``(loss, probs)``: the batch mean of ``logsumexp(x) - x[t]``."""
+        """Return ``(loss, probs)``: the batch mean of ``logsumexp(x) - x[t]``.
+
+        Probabilities below the dtype's smallest normal are 0 (``flush_subnormals``).
+        """
         xp = self.xp
         shifted = x - x.max(axis=1, keepdims=True)
         log_probs = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
@@ -117,7 +120,9 @@ class NumpyBackend:
             picked = log_probs[xp.arange(n), t].sum()
         else:
             picked = (log_probs * t).sum()
-        return -picked / n, xp.exp(log_probs)
+        probs = xp.exp(log_probs)
+        self.flush_subnormals(probs)
+        return -picked / n, probs
 
     def softmax_cross_entropy_backward(self, probs, t):
         """Gradient of the batch-mean loss: ``(probs - onehot(t)) / N``."""
@@ -169,7 +174,18 @@ class NumpyBackend:
 
     # ------------------------------------------------------------- optimizers
     # Hyper-parameters arrive as Python numbers, which keep float32 arrays
-    # float32 (a NumPy float64 scalar would promote the temporaries).
+    # float32 (a NumPy float64 scalar would promote the temporaries).  State
+    # that decays (velocity, h, m, v) is flushed of subnormals after each
+    # update, before the parameter reads it: see ``flush_subnormals``.
+    def flush_subnormals(self, a):
+        """In place: values of ``a`` below its dtype's smallest normal become 0 (NaN stays NaN).
+
+        A state decaying geometrically towards zero sticks at the smallest
+        subnormals in round-to-nearest, and arithmetic on subnormals makes
+        every later update many times slower.  Every backend applies this
+        same rule inside its fused passes, so results agree exactly.
+        """
+        self.xp.copyto(a, 0, where=abs(a) < numpy.finfo(a.dtype).tiny)
     def sgd_update(self, param, grad, lr):
         """In place: ``param -= lr * grad``."""
         param -= lr * grad
@@ -178,6 +194,7 @@ class NumpyBackend:
         """In place: ``velocity = momentum * velocity - lr * grad; param += velocity``."""
         velocity *= momentum
         velocity -= lr * grad
+        self.flush_subnormals(velocity)
         param += velocity
 
     def nesterov_update(self, param, grad, velocity, lr, momentum):
@@ -188,18 +205,21 @@ class NumpyBackend:
         step = lr * grad
         velocity *= momentum
         velocity -= step
+        self.flush_subnormals(velocity)
         param -= step
         param += momentum * velocity
 
     def adagrad_update(self, param, grad, h, lr, eps):
         """In place: ``h += grad**2; param -= lr * grad / (sqrt(h) + eps)``."""
         h += grad * grad
+        self.flush_subnormals(h)
         self._scaled_step(param, grad, h, lr, eps)
 
     def rmsprop_update(self, param, grad, h, lr, decay_rate, eps):
         """In place: ``h = decay_rate * h + (1 - decay_rate) * grad**2``, then AdaGrad's step."""
         h *= decay_rate
         h += (1 - decay_rate) * (grad * grad)
+        self.flush_subnormals(h)
         self._scaled_step(param, grad, h, lr, eps)
 
     def adam_update(self, param, grad, m, v, lr, beta1, beta2, step, eps):
@@ -208,6 +228,8 @@ class NumpyBackend:
         m += (1 - beta1) * grad
         v *= beta2
         v += (1 - beta2) * (grad * grad)
+        self.flush_subnormals(m)
+        self.flush_subnormals(v)
         self._scaled_step(param, m, v, *adam_step_size(lr, beta1, beta2, step, eps))
 
     def _scaled_step(self, param, direction, second_moment, lr, eps):

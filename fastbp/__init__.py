@@ -4,19 +4,21 @@ Importing this package never imports numba, cupy or torch: a backend's module
 is loaded the first time that backend is requested.
 """
 
+from fastbp._version import __version__
 from fastbp.backends import (
     BackendUnavailableError,
     available_backends,
     backend_info,
     get_backend,
     set_backend,
+    to_device,
+    to_numpy,
     use_backend,
 )
 
-__version__ = "0.1.0"
-
 __all__ = [
     "BackendUnavailableError",
+    "__version__",
     "available_backends",
     "backend_info",
     "get_backend",
@@ -36,17 +38,3 @@ def __getattr__(name):
 
         return getattr(train, name)
     raise AttributeError(f"module 'fastbp' has no attribute {name!r}")
-
-
-def to_device(x, backend=None):
-    """``x`` as an array of ``backend`` (default: the current one); copies only across devices."""
-    return get_backend(backend).asarray(x)
-
-
-def to_numpy(x):
-    """``x`` as a host NumPy array, wherever it lives."""
-    if hasattr(x, "__cuda_array_interface__"):
-        return x.get()
-    import numpy
-
-    return numpy.asarray(x)

@@ -22,7 +22,7 @@ import math
 
 import numpy
 
-from fastbp import to_numpy
+from fastbp.backends import to_numpy
 
 
 def rel_error(a, b) -> float:

@@ -8,6 +8,7 @@ their ``backward`` returns ``(y - t) / N`` times the incoming ``dout``.
 from __future__ import annotations
 
 from fastbp.backends import get_backend
+from fastbp.checks import check_number
 
 
 class MulLayer:
@@ -130,18 +131,6 @@ class IdentityWithLoss:
 
     def backward(self, dout=1):
         return (self.y - self.t) * (dout / self.y.shape[0])
-
-
-def check_number(owner, argument, value, expected, ok):
-    """``value`` as a float when ``ok(value)``, else a ValueError naming owner, argument,
-    ``expected`` and the value received.  Shared by the layers and the optimizers."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = float("nan")
-    if not ok(number):
-        raise ValueError(f"{owner}: {argument} must be {expected}, received {value!r}")
-    return number
 
 
 class Dropout:

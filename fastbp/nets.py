@@ -14,8 +14,10 @@ import math
 import numpy
 
 from fastbp.backends import get_backend
+from fastbp.checks import check_choice as _check_choice
+from fastbp.checks import check_number, float_dtype
 from fastbp.gradcheck import numerical_gradient
-from fastbp.layers import Affine, BatchNorm, Dropout, ReLU, Sigmoid, SoftmaxWithLoss, check_number
+from fastbp.layers import Affine, BatchNorm, Dropout, ReLU, Sigmoid, SoftmaxWithLoss
 from fastbp.optim import SGD
 
 _ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid}
@@ -23,22 +25,6 @@ _INIT_SCALES = {"relu": 2.0, "he": 2.0, "sigmoid": 1.0, "xavier": 1.0}
 _DTYPES = ("float64", "float32")
 #: layers whose forward depends on train_flg
 _MODE_LAYERS = (Dropout, BatchNorm)
-
-
-def float_dtype(owner, dtype):
-    """``dtype`` as a NumPy dtype, which must be float64 or float32."""
-    try:
-        resolved = numpy.dtype(dtype)
-    except TypeError:
-        resolved = None
-    if resolved is None or resolved.name not in _DTYPES:
-        raise ValueError(f"{owner}: dtype must be one of {list(_DTYPES)}, received {dtype!r}")
-    return resolved
-
-
-def _check_choice(owner, argument, value, choices):
-    if value not in choices:
-        raise ValueError(f"{owner}: {argument} must be one of {list(choices)}, received {value!r}")
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -24,7 +24,7 @@ defaults to ``lr=1e-3`` and no momentum, and the textbook (and fastbp) to
 from __future__ import annotations
 
 from fastbp.backends import get_backend
-from fastbp.layers import check_number
+from fastbp.checks import check_number
 
 __all__ = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "clip_by_global_norm"]
 

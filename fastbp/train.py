@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy
 
-import fastbp
 from fastbp.atomic import replacing
+from fastbp.backends import to_numpy
+from fastbp.checks import check_count
 from fastbp.nets import NonFiniteLossError
 
 #: the layout of the checkpoint files this module writes
@@ -28,14 +29,6 @@ _PARAM, _BUFFER = "param/", "buffer/"
 _CONFIG, _FORMAT = "config", "format"
 #: config entries added after format 1 was fixed, with the value older files imply
 _LATER_CONFIG = {"batchnorm_momentum": 0.9, "batchnorm_eps": 1e-6}
-
-
-def _check_count(owner, argument, value, allow_none=False):
-    if allow_none and value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, numpy.integer)) or value < 1:
-        raise ValueError(f"{owner}: {argument} must be an integer >= 1, received {value!r}")
-    return int(value)
 
 
 class Trainer:
@@ -62,9 +55,9 @@ class Trainer:
     def __init__(self, net, optimizer, x_train, t_train, x_test=None, t_test=None, epochs=10,
                  batch_size=100, seed=0, verbose=True, eval_sample=None):
         name = type(self).__name__
-        self.epochs = _check_count(name, "epochs", epochs)
-        self.batch_size = _check_count(name, "batch_size", batch_size)
-        self.eval_sample = _check_count(name, "eval_sample", eval_sample, allow_none=True)
+        self.epochs = check_count(name, "epochs", epochs)
+        self.batch_size = check_count(name, "batch_size", batch_size)
+        self.eval_sample = check_count(name, "eval_sample", eval_sample, allow_none=True)
         if (x_test is None) != (t_test is None):
             raise ValueError(f"{name}: pass both x_test and t_test or neither, received "
                              f"x_test={'None' if x_test is None else 'an array'} and "
@@ -194,8 +187,8 @@ def save_params(net, path):
     written.
     """
     path = Path(path)
-    arrays = {_PARAM + key: fastbp.to_numpy(value) for key, value in net.params.items()}
-    arrays.update({_BUFFER + key: fastbp.to_numpy(value) for key, value in net.buffers.items()})
+    arrays = {_PARAM + key: to_numpy(value) for key, value in net.params.items()}
+    arrays.update({_BUFFER + key: to_numpy(value) for key, value in net.buffers.items()})
     for key, value in arrays.items():
         if not numpy.isfinite(value).all():
             kind, name = key.split("/")

@@ -84,7 +84,7 @@ def test_mnist_from_a_data_dir(tmp_path, capsys):
 
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "rmsprop"])
 def test_other_optimizers_by_name(optimizer, capsys):
-    from fastbp.train_cli import OPTIMIZERS
+    from fastbp.cli.train import OPTIMIZERS
 
     assert main(["train", "--optimizer", optimizer, "--epochs", "2", "--hidden", "32"]) == 0
     out = capsys.readouterr().out

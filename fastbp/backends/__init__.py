@@ -23,6 +23,8 @@ __all__ = [
     "backend_info",
     "get_backend",
     "set_backend",
+    "to_device",
+    "to_numpy",
     "use_backend",
     "BACKEND_NAMES",
 ]
@@ -149,3 +151,17 @@ def backend_info() -> dict:
             entry.update(backend.info())
         info[name] = entry
     return info
+
+
+def to_device(x, backend=None):
+    """``x`` as an array of ``backend`` (default: the current one); copies only across devices."""
+    return get_backend(backend).asarray(x)
+
+
+def to_numpy(x):
+    """``x`` as a host NumPy array, wherever it lives."""
+    if hasattr(x, "__cuda_array_interface__"):
+        return x.get()
+    import numpy
+
+    return numpy.asarray(x)

@@ -8,12 +8,13 @@ backend.  The last line printed is always the result:
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
 from fastbp.backends import BACKEND_NAMES
+from fastbp.checks import FLOAT_DTYPES
+from fastbp.cli.arguments import non_negative_float, positive_float, positive_int, ratio
 from fastbp.data import DATASETS
 
 #: --optimizer choice -> (class name in fastbp.optim, default lr)
@@ -22,24 +23,8 @@ OPTIMIZERS = {"sgd": ("SGD", 0.1), "momentum": ("Momentum", 0.01), "nesterov": (
 _INIT_FOR_ACTIVATION = {"relu": "he", "sigmoid": "xavier"}
 
 
-def _non_negative_float(text):
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, received {text}")
-    return value
-
-
-def _ratio(text):
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1), received {text}")
-    return value
-
-
 def add_train_command(commands):
-    """Register ``fastbp train`` on the ``commands`` sub-parsers of ``fastbp.cli``."""
-    from fastbp.cli import _positive_float, _positive_int
-
+    """Register ``fastbp train`` on the ``commands`` sub-parsers."""
     train = commands.add_parser("train", help="train a MultiLayerNet on toy, digits or MNIST data")
     train.add_argument("--dataset", choices=DATASETS, default="digits")
     train.add_argument("--data-dir", default=None,
@@ -48,19 +33,19 @@ def add_train_command(commands):
     train.add_argument("--download", action="store_true",
                        help="fetch missing MNIST files (checked against known SHA-256 sums)")
     train.add_argument("--backend", choices=BACKEND_NAMES, default=None)
-    train.add_argument("--dtype", choices=("float64", "float32"), default="float64")
-    train.add_argument("--hidden", type=_positive_int, nargs="+", default=[100, 100],
+    train.add_argument("--dtype", choices=FLOAT_DTYPES, default="float64")
+    train.add_argument("--hidden", type=positive_int, nargs="+", default=[100, 100],
                        help="hidden layer sizes (default 100 100)")
     train.add_argument("--activation", choices=tuple(_INIT_FOR_ACTIVATION), default="relu")
     train.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="adam")
-    train.add_argument("--lr", type=_positive_float, default=None,
+    train.add_argument("--lr", type=positive_float, default=None,
                        help="learning rate (default: sgd 0.1, momentum/nesterov/adagrad 0.01, "
                             "rmsprop/adam 0.001)")
-    train.add_argument("--epochs", type=_positive_int, default=40)
-    train.add_argument("--batch-size", type=_positive_int, default=32)
-    train.add_argument("--weight-decay", type=_non_negative_float, default=0.0,
+    train.add_argument("--epochs", type=positive_int, default=40)
+    train.add_argument("--batch-size", type=positive_int, default=32)
+    train.add_argument("--weight-decay", type=non_negative_float, default=0.0,
                        help="L2 penalty lambda (default 0)")
-    train.add_argument("--dropout", type=_ratio, default=None, metavar="RATIO",
+    train.add_argument("--dropout", type=ratio, default=None, metavar="RATIO",
                        help="dropout after each hidden layer, dropping this fraction")
     train.add_argument("--batchnorm", action="store_true", help="BatchNorm after each hidden Affine")
     train.add_argument("--seed", type=int, default=0)
@@ -72,10 +57,10 @@ def add_train_command(commands):
 
 
 def _optimizer(name, lr):
-    import fastbp.optim
+    import fastbp.optim as optim
 
     class_name, default_lr = OPTIMIZERS[name]
-    return getattr(fastbp.optim, class_name)(default_lr if lr is None else lr)
+    return getattr(optim, class_name)(default_lr if lr is None else lr)
 
 
 def _check_output_path(flag, path):

@@ -1,0 +1,54 @@
+"""Input validation shared by the layers, nets, optimizers, the Trainer and the CLI.
+
+Each check returns the value it accepts (converted where that helps) and
+otherwise raises a ``ValueError`` that names the owner, the argument, what
+was expected and what was received.  Nothing here imports more than NumPy.
+"""
+
+from __future__ import annotations
+
+import numpy
+
+__all__ = ["FLOAT_DTYPES", "check_choice", "check_count", "check_number", "float_dtype"]
+
+#: the floating-point dtypes a net can hold, by name (the first is the default)
+FLOAT_DTYPES = ("float64", "float32")
+
+
+def check_number(owner, argument, value, expected, ok):
+    """``value`` as a float when ``ok(value)``, else a ValueError naming owner, argument,
+    ``expected`` and the value received.  Shared by the layers, the nets and the optimizers."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not ok(number):
+        raise ValueError(f"{owner}: {argument} must be {expected}, received {value!r}")
+    return number
+
+
+def check_count(owner, argument, value, allow_none=False):
+    """``value`` as an ``int`` >= 1 (not a bool); ``None`` passes when ``allow_none``."""
+    if allow_none and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, numpy.integer)) or value < 1:
+        raise ValueError(f"{owner}: {argument} must be an integer >= 1, received {value!r}")
+    return int(value)
+
+
+def check_choice(owner, argument, value, choices):
+    """Refuse a ``value`` that is not one of ``choices`` (a sequence or the keys of a mapping)."""
+    if value not in choices:
+        raise ValueError(f"{owner}: {argument} must be one of {list(choices)}, received {value!r}")
+    return value
+
+
+def float_dtype(owner, dtype):
+    """``dtype`` as a NumPy dtype, which must be float64 or float32."""
+    try:
+        resolved = numpy.dtype(dtype)
+    except TypeError:
+        resolved = None
+    if resolved is None or resolved.name not in FLOAT_DTYPES:
+        raise ValueError(f"{owner}: dtype must be one of {list(FLOAT_DTYPES)}, received {dtype!r}")
+    return resolved

@@ -1,9 +1,15 @@
-"""Fully connected networks built from the textbook layers.
+"""Fully connected networks built from the textbook layers, and the one training step.
 
-``params`` holds the arrays the layers use, and every update is in place, so
-an optimizer's ``update(net.params, grads)`` changes the net directly.
-Weights are drawn from a host NumPy generator seeded by ``seed``: the same
-seed gives the same starting net on every backend and dtype.
+``params`` owns the arrays the layers use (views of one flat buffer, see
+:mod:`fastbp.flat`), and every update is in place, so an optimizer's
+``update(net.params, grads)`` changes the net directly.  Weights are drawn
+from a host NumPy generator seeded by ``seed``: the same seed gives the same
+starting net on every backend and dtype.
+
+``train_step`` is written once, for every configuration, from the backend's
+blocks (dense forward, softmax + cross-entropy + gradient, activation
+backward with the bias gradient, BatchNorm, accumulating products); the
+optimizer decides how each weight gradient is consumed.
 """
 
 from __future__ import annotations
@@ -14,15 +20,13 @@ import math
 import numpy
 
 from fastbp.backends import get_backend
-from fastbp.checks import check_choice as _check_choice
-from fastbp.checks import check_number, float_dtype
+from fastbp.checks import check_choice, check_number, float_dtype
+from fastbp.flat import FlatArrays
 from fastbp.gradcheck import numerical_gradient
 from fastbp.layers import Affine, BatchNorm, Dropout, ReLU, Sigmoid, SoftmaxWithLoss
-from fastbp.optim import SGD
 
 _ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid}
 _INIT_SCALES = {"relu": 2.0, "he": 2.0, "sigmoid": 1.0, "xavier": 1.0}
-_DTYPES = ("float64", "float32")
 #: layers whose forward depends on train_flg
 _MODE_LAYERS = (Dropout, BatchNorm)
 
@@ -55,6 +59,13 @@ class MultiLayerNet:
     Both act by mode: ``train_flg=True`` (``loss``, ``gradient``,
     ``train_step``) uses batch statistics, updates the running ones and drops
     units; ``train_flg=False`` (``predict``, ``accuracy``) is deterministic.
+
+    ``params``, ``buffers`` and ``grads`` (the gradients of the last
+    ``gradient`` or materialising ``train_step``) are :class:`FlatArrays`:
+    assigning ``net.params["W1"] = array`` copies into the net's own array.
+    ``gradient_hook``, when set, is called with ``grads`` between the
+    gradient and the update of every ``train_step`` (a data-parallel
+    allreduce goes there); the gradients are then always materialised.
     """
 
     def __init__(self, input_size, hidden_size_list, output_size, activation="relu",
@@ -62,7 +73,7 @@ class MultiLayerNet:
                  dropout_ratio=0.5, use_batchnorm=False, seed=None, backend=None,
                  dtype="float64", batchnorm_momentum=0.9, batchnorm_eps=1e-6):
         name = type(self).__name__
-        _check_choice(name, "activation", activation, _ACTIVATIONS)
+        check_choice(name, "activation", activation, _ACTIVATIONS)
         sizes = [input_size, *hidden_size_list, output_size]
         if not all(isinstance(s, (int, numpy.integer)) and s > 0 for s in sizes):
             raise ValueError(f"{name}: layer sizes must be positive integers, received {sizes}")
@@ -82,26 +93,30 @@ class MultiLayerNet:
         self.activation = activation
 
         host_rng = numpy.random.default_rng(seed)
-        self.params = {}
-        #: non-trainable state saved with checkpoints (BatchNorm running statistics)
-        self.buffers = {}
+        params, buffers = {}, {}
         for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
             scale = self._init_scale(weight_init_std, n_in)
-            W = scale * host_rng.standard_normal((n_in, n_out))
-            self.params[f"W{i}"] = self.backend.asarray(W, dtype=self.dtype)
-            self.params[f"b{i}"] = self._filled(n_out, 0)
+            params[f"W{i}"] = scale * host_rng.standard_normal((n_in, n_out))
+            params[f"b{i}"] = numpy.zeros(n_out)
             if self.use_batchnorm and i < len(sizes) - 1:
-                self.params[f"gamma{i}"] = self._filled(n_out, 1)
-                self.params[f"beta{i}"] = self._filled(n_out, 0)
-                self.buffers[f"running_mean{i}"] = self._filled(n_out, 0)
-                self.buffers[f"running_var{i}"] = self._filled(n_out, 1)
+                params[f"gamma{i}"], params[f"beta{i}"] = numpy.ones(n_out), numpy.zeros(n_out)
+                buffers[f"running_mean{i}"] = numpy.zeros(n_out)
+                buffers[f"running_var{i}"] = numpy.ones(n_out)
+        self.params = self._flat(f"{name}.params", params)
+        #: non-trainable state saved with checkpoints (BatchNorm running statistics)
+        self.buffers = self._flat(f"{name}.buffers", buffers)
+        self.grads = self.params.zeros_like(f"{name}.grads")
+        self.gradient_hook = None
         # drawn after the weights, so the same seed gives the same weights with or without dropout
         dropout_seeds = host_rng.integers(2**63, size=len(self.hidden_size_list))
         self._build_layers([int(s) for s in dropout_seeds])
 
-    def _filled(self, n, value):
-        """A length-``n`` array of ``value`` on the net's backend and dtype."""
-        return self.backend.asarray(numpy.full(n, value), dtype=self.dtype)
+    def _flat(self, owner, values):
+        """``values`` (host arrays by name) as FlatArrays of the net's backend and dtype."""
+        arrays = FlatArrays(owner, self.backend, self.dtype, {k: v.shape for k, v in values.items()})
+        for key, value in values.items():
+            arrays[key] = value
+        return arrays
 
     def config(self) -> dict:
         """The architecture: what a checkpoint must match to be loaded into this net."""
@@ -109,12 +124,13 @@ class MultiLayerNet:
                 "output_size": self.output_size, "activation": self.activation,
                 "use_dropout": self.use_dropout, "dropout_ratio": self.dropout_ratio,
                 "use_batchnorm": self.use_batchnorm, "batchnorm_momentum": self.batchnorm_momentum,
-                "batchnorm_eps": self.batchnorm_eps, "weight_decay_lambda": self.weight_decay_lambda, "dtype": self.dtype.name}
+                "batchnorm_eps": self.batchnorm_eps, "weight_decay_lambda": self.weight_decay_lambda,
+                "dtype": self.dtype.name}
 
     @staticmethod
     def _init_scale(weight_init_std, n_in):
         if isinstance(weight_init_std, str):
-            _check_choice("weight_init_std", "a named scale", weight_init_std.lower(), _INIT_SCALES)
+            check_choice("weight_init_std", "a named scale", weight_init_std.lower(), _INIT_SCALES)
             return math.sqrt(_INIT_SCALES[weight_init_std.lower()] / n_in)
         return float(weight_init_std)
 
@@ -139,9 +155,12 @@ class MultiLayerNet:
             if self.use_dropout:
                 self.layers[f"Dropout{i}"] = Dropout(self.dropout_ratio, be, dropout_seeds[i - 1])
         self.last_layer = SoftmaxWithLoss(be)
-        # the arrays of params, by layer, for the fused step (updated in place, like the layers')
-        self._weights = [p[f"W{i}"] for i in range(1, self.n_layers + 1)]
-        self._biases = [p[f"b{i}"] for i in range(1, self.n_layers + 1)]
+        # what the step reads, by layer (views: assignments to params reach them too)
+        self._W = [p[f"W{i}"] for i in range(1, self.n_layers + 1)]
+        self._b = [p[f"b{i}"] for i in range(1, self.n_layers + 1)]
+        self._hidden = [(self.layers.get(f"BatchNorm{i}"), self.layers.get(f"Dropout{i}"))
+                        for i in range(1, self.n_layers)]
+        self._plain = not (self.weight_decay_lambda or self.use_dropout or self.use_batchnorm)
 
     # ------------------------------------------------------------- validation
     def _prepare(self, x, t=None, where="forward", check_labels=True):
@@ -187,7 +206,7 @@ class MultiLayerNet:
     def _weight_decay(self):
         if not self.weight_decay_lambda:
             return 0
-        total = sum((W ** 2).sum() for W in self._weights)
+        total = sum((W ** 2).sum() for W in self._W)
         return 0.5 * self.weight_decay_lambda * total
 
     def _loss(self, x, t, train_flg=True):
@@ -217,30 +236,11 @@ class MultiLayerNet:
         return float((y == t).mean())
 
     # --------------------------------------------------------------- backward
-    def _loss_and_gradient(self, x, t):
-        loss = self._loss(x, t)
-        return loss, self._backward()
-
-    def _backward(self):
-        """Gradients of the loss of the last training forward pass, keyed like ``params``."""
-        dout = self.last_layer.backward(1)
-        for layer in reversed(self.layers.values()):
-            dout = layer.backward(dout)
-        grads = {}
-        lam = self.weight_decay_lambda
-        for i in range(1, self.n_layers + 1):
-            affine = self.layers[f"Affine{i}"]
-            grads[f"W{i}"] = affine.dW + lam * affine.W if lam else affine.dW
-            grads[f"b{i}"] = affine.db
-            if f"BatchNorm{i}" in self.layers:
-                batchnorm = self.layers[f"BatchNorm{i}"]
-                grads[f"gamma{i}"], grads[f"beta{i}"] = batchnorm.dgamma, batchnorm.dbeta
-        return grads
-
     def gradient(self, x, t):
-        """Backprop gradients, a dict with the keys of ``params``."""
+        """Backprop gradients, a dict with the keys of ``params`` (copies of ``grads``)."""
         x, t = self._prepare(x, t, where="gradient")
-        return self._loss_and_gradient(x, t)[1]
+        self._step(x, t, None, check_finite=False)
+        return {key: grad.copy() for key, grad in self.grads.items()}
 
     def numerical_gradient(self, x, t, h=1e-4):
         """Central-difference gradients (slow: two forward passes per parameter).
@@ -270,39 +270,99 @@ class MultiLayerNet:
             for key, buffer in self.buffers.items():
                 buffer[...] = saved[key]
 
-    def _fused_step_applies(self, optimizer):
-        """Plain SGD on a plain net: the backend may run the whole step as one fused call."""
-        return (type(optimizer) is SGD and optimizer.clip_norm is None
-                and not (self.weight_decay_lambda or self.use_dropout or self.use_batchnorm))
-
     def train_step(self, x, t, optimizer, check_labels=True, check_finite=True):
         """Forward, backward and an in-place update; returns the loss (0-d array).
 
-        A NaN or inf loss raises :class:`NonFiniteLossError` (a
-        ``FloatingPointError``) before anything is updated: the parameters,
-        the BatchNorm statistics and the optimizer state stay as they were.
-        ``check_finite=False`` skips that test, and so applies whatever the
-        loss gives; on a GPU the test waits for the device, so ``Trainer``
-        opts out there and checks each epoch's losses at once.
-        ``check_labels=False`` skips the label range check, which on a GPU also
-        waits; use it only for labels already checked (``Trainer`` checks a
-        whole data set once).
+        Equals ``gradient`` followed by ``optimizer.update`` to rounding, for
+        every optimizer and option.  A NaN or inf loss raises
+        :class:`NonFiniteLossError` (a ``FloatingPointError``) before anything
+        is updated: the parameters, the BatchNorm statistics and the optimizer
+        state stay as they were.  ``check_finite=False`` skips that test, and
+        so applies whatever the loss gives; on a GPU the test waits for the
+        device, so ``Trainer`` opts out there and checks each epoch's losses at
+        once.  ``check_labels=False`` skips the label range check, which on a
+        GPU also waits; use it only for labels already checked (``Trainer``
+        checks a whole data set once).
         """
         x, t = self._prepare(x, t, where="train_step", check_labels=check_labels)
-        if self._fused_step_applies(optimizer):
-            loss = self.backend.mlp_sgd_step(x, t, self._weights, self._biases, self.activation,
-                                             optimizer.lr, check_finite)
-            if check_finite and not math.isfinite(loss):  # the backend updated nothing
-                raise NonFiniteLossError(f"{type(self).__name__}.train_step", loss)
-            return loss
-        saved = {k: b.copy() for k, b in self.buffers.items()} if check_finite else None
-        loss = self._loss(x, t)
+        lr = optimizer.whole_step_lr
+        if lr is not None and self._plain and self.gradient_hook is None:
+            loss = self.backend.tiny_sgd_step(x, t, self._W, self._b, self.activation, lr,
+                                              check_finite)
+            if loss is not None:  # the backend ran the whole step as one call
+                if check_finite and not math.isfinite(loss):  # and updated nothing
+                    raise NonFiniteLossError(f"{type(self).__name__}.train_step", loss)
+                return loss
+        return self._step(x, t, optimizer, check_finite)
+
+    def _step(self, x, t, optimizer, check_finite):
+        """The training step, for every configuration; returns the loss.
+
+        The weight gradients go where ``optimizer`` says: folded into the
+        products that make them (``fold_weight``) when its rule allows and no
+        ``gradient_hook`` is set, else into ``grads`` for ``gradient_hook`` and
+        one ``update_flat`` pass; without an optimizer only into ``grads``.
+        """
+        be, act, lam = self.backend, self.activation, self.weight_decay_lambda
+        fold = optimizer is not None and optimizer.folds_products and self.gradient_hook is None
+        saved = self.buffers.flat.copy() if check_finite and len(self.buffers) else None
+        # forward: the input of every Affine, and the output of every hidden activation
+        inputs, outputs = [x], []
+        for (batchnorm, dropout), W, b in zip(self._hidden, self._W, self._b):
+            if batchnorm is None:
+                a = be.dense_forward(inputs[-1], W, b, act)
+            else:
+                a = be.activate(batchnorm.forward(be.dense_forward(inputs[-1], W, b, "identity"),
+                                                  True), act)
+            outputs.append(a)
+            inputs.append(a if dropout is None else dropout.forward(a, True))
+        loss, d = be.softmax_cross_entropy_grad(be.gemm(inputs[-1], self._W[-1]), self._b[-1], t)
+        if lam:
+            loss = loss + self._weight_decay()
         if check_finite and not math.isfinite(loss):
-            for key, buffer in self.buffers.items():
-                buffer[...] = saved[key]
+            if saved is not None:
+                self.buffers.flat[...] = saved
             raise NonFiniteLossError(f"{type(self).__name__}.train_step", loss)
-        optimizer.update(self.params, self._backward(), backend=self.backend)
+
+        # backward: d is the gradient at the pre-activation of layer i + 1, db its bias gradient
+        consume = self._consumer(optimizer if fold else None)
+        db = be.activation_backward_bias(d, None, "identity")[1]
+        for i in reversed(range(self.n_layers)):
+            W = self._W[i]
+            d_below = be.gemm(d, W, trans_b=True) if i else None  # uses W before its update
+            if fold:
+                optimizer.fold_weight(be, f"W{i + 1}", W, inputs[i], d, lam)
+            else:
+                self._weight_gradient(self.grads[f"W{i + 1}"], W, inputs[i], d, lam)
+            consume(f"b{i + 1}", self._b[i], db)
+            if not i:
+                break
+            batchnorm, dropout = self._hidden[i - 1]
+            if dropout is not None:
+                d_below = dropout.backward(d_below)
+            d, db = be.activation_backward_bias(d_below, outputs[i - 1], act)
+            if batchnorm is not None:
+                d = batchnorm.backward(d)
+                consume(f"gamma{i}", batchnorm.gamma, batchnorm.dgamma)
+                consume(f"beta{i}", batchnorm.beta, batchnorm.dbeta)
+                db = be.activation_backward_bias(d, None, "identity")[1]
+        if optimizer is not None and not fold:
+            if self.gradient_hook is not None:
+                self.gradient_hook(self.grads)  # the one place between gradient and update
+            optimizer.update_flat(self.params, self.grads, be)
         return loss
+
+    def _consumer(self, optimizer):
+        """``consume(key, param, grad)``: the optimizer's rule now, or ``grads[key] = grad``."""
+        if optimizer is None:
+            return lambda key, param, grad: self.grads.__setitem__(key, grad)
+        return lambda key, param, grad: optimizer.update_one(self.backend, key, param, grad)
+
+    def _weight_gradient(self, out, W, a, d, lam):
+        """``out = a.T @ d + lam * W``: one product, accumulating onto the decay term."""
+        if lam:
+            self.backend.xp.multiply(W, lam, out=out)
+        self.backend.gemm(a, d, out, trans_a=True, beta=1.0 if lam else 0.0)
 
 
 class TwoLayerNet(MultiLayerNet):

@@ -52,7 +52,17 @@ def clip_by_global_norm(grads, max_norm, backend=None):
 
 
 class Optimizer:
-    """Validation, clipping and lazy state; subclasses call one backend kernel per parameter."""
+    """Validation, clipping and lazy state; each subclass's ``_rule`` is its update, written once.
+
+    Two ways in, one rule: ``update(params, grads)`` (the textbook contract,
+    any dicts) runs ``_rule`` per parameter; a net's ``train_step`` either
+    lets the rule consume a weight's gradient inside the product that makes
+    it (``fold_weight``, where the rule allows: SGD, Momentum) or hands it
+    the net's flat parameter and gradient buffers for one fused pass over
+    the whole net (``update_flat``).  In the flat pass the state arrays
+    ``self.<name>[key]`` become views of one flat state buffer, so the two
+    ways in can be mixed.
+    """
 
     #: names of the per-parameter state dicts, each ``{key: array like params[key]}``
     state_names: tuple = ()
@@ -62,6 +72,9 @@ class Optimizer:
         self.clip_norm = None if clip_norm is None else _positive(self, "clip_norm", clip_norm)
         for name in self.state_names:
             setattr(self, name, {})
+        #: ``step[key]``: how many updates each parameter has had
+        self.step = {}
+        self._flat = {}  # state name -> (the params buffer it is laid out for, flat state)
 
     def update(self, params, grads, backend=None):
         """Update ``params`` in place from ``grads`` (dicts with the same keys and shapes).
@@ -74,7 +87,47 @@ class Optimizer:
         if self.clip_norm is not None:
             grads = clip_by_global_norm(grads, self.clip_norm, backend)
         for key in params:
-            self._update_one(backend, key, params[key], grads[key])
+            self.update_one(backend, key, params[key], grads[key])
+
+    def update_one(self, backend, key, param, grad):
+        """The rule on one parameter (no checks, no clipping): a step's biases use it."""
+        self.step[key] = self.step.get(key, 0) + 1
+        self._rule(backend, param, grad, [self._state(backend, n, key, param)
+                                          for n in self.state_names], self.step[key])
+
+    def update_flat(self, params, grads, backend):
+        """One fused pass over a whole net: ``params`` and ``grads`` are a net's
+        :class:`~fastbp.flat.FlatArrays` of one layout; ``grads`` may be scaled in place.
+        """
+        if self.clip_norm is not None:
+            norm = float(backend.xp.linalg.norm(grads.flat))  # one device sync
+            scale = self.clip_norm / (norm + 1e-6)
+            if scale < 1:
+                grads.flat *= scale
+        steps = {self.step.get(key, 0) for key in params}
+        if len(steps) > 1:  # parameters that joined at different times: one at a time
+            for key in params:
+                self.update_one(backend, key, params[key], grads[key])
+            return
+        step = steps.pop() + 1
+        for key in params:
+            self.step[key] = step
+        self._rule(backend, params.flat, grads.flat,
+                   [self._flat_state(backend, name, params) for name in self.state_names], step)
+
+    @property
+    def folds_products(self) -> bool:
+        """True when ``fold_weight`` may take a weight's gradient as the product that makes it."""
+        return False
+
+    def fold_weight(self, backend, key, W, a, d, decay):
+        """Update ``W`` from its gradient ``a.T @ d + decay * W`` without materialising it."""
+        raise NotImplementedError(f"{type(self).__name__} does not fold its update into a product")
+
+    @property
+    def whole_step_lr(self):
+        """The learning rate when the rule is plain SGD, which a backend may run as one call."""
+        return None
 
     def _check(self, params, grads):
         name = f"{type(self).__name__}.update"
@@ -99,17 +152,52 @@ class Optimizer:
             store[key] = backend.xp.zeros_like(param)
         return store[key]
 
-    def _update_one(self, backend, key, param, grad):
+    def _flat_state(self, backend, name, params):
+        """State ``name`` for every key of ``params`` as one flat array; the dict holds its views.
+
+        Made once per net (state already held per key is carried over).
+        """
+        held = self._flat.get(name)
+        if held is not None and held[0] is params.flat:
+            return held[1]
+        flat = backend.xp.zeros_like(params.flat)
+        store = getattr(self, name)
+        for key, view in params.views_of(flat).items():
+            if key in store:
+                view[...] = store[key]
+            store[key] = view
+        self._flat[name] = (params.flat, flat)
+        return flat
+
+    def _rule(self, backend, param, grad, state, step):
+        """In place: the update of ``param`` from ``grad`` with the state arrays ``state``
+        (in ``state_names`` order); ``step`` counts this parameter's updates from 1."""
         raise NotImplementedError
 
 
 class SGD(Optimizer):
-    """Plain stochastic gradient descent: ``param -= lr * grad``."""
+    """Plain stochastic gradient descent: ``param -= lr * grad``.
+
+    In a net's step the weight update rides on the product that makes its
+    gradient: ``W = (1 - lr * lambda) * W - lr * a.T @ d`` is one GEMM.
+    """
 
     def __init__(self, lr=0.01, clip_norm=None):
         super().__init__(lr, clip_norm)
 
-    def _update_one(self, backend, key, param, grad):
+    @property
+    def folds_products(self):
+        return self.clip_norm is None  # clipping needs the whole gradient first
+
+    @property
+    def whole_step_lr(self):
+        return self.lr if self.clip_norm is None else None
+
+    def fold_weight(self, backend, key, W, a, d, decay):
+        self.step[key] = self.step.get(key, 0) + 1
+        backend.gemm(a, d, W, trans_a=True, alpha=-self.lr, beta=1 - self.lr * decay)
+
+    def _rule(self, backend, param, grad, state, step):
         backend.sgd_update(param, grad, self.lr)
 
 
@@ -117,7 +205,8 @@ class Momentum(Optimizer):
     """Heavy-ball momentum, the textbook's ``v = momentum * v - lr * grad; param += v``.
 
     For a constant ``lr`` this is ``torch.optim.SGD(momentum=momentum)``
-    (torch's buffer is ``-v / lr``).
+    (torch's buffer is ``-v / lr``).  In a net's step the velocity update is
+    one product into ``v``, then one pass over ``W``.
     """
 
     state_names = ("v",)
@@ -126,9 +215,18 @@ class Momentum(Optimizer):
         super().__init__(lr, clip_norm)
         self.momentum = _fraction(self, "momentum", momentum)
 
-    def _update_one(self, backend, key, param, grad):
-        backend.momentum_update(param, grad, self._state(backend, "v", key, param), self.lr,
-                                self.momentum)
+    @property
+    def folds_products(self):
+        return self.clip_norm is None
+
+    def fold_weight(self, backend, key, W, a, d, decay):
+        self.step[key] = self.step.get(key, 0) + 1
+        v = self._state(backend, "v", key, W)
+        backend.gemm(a, d, v, trans_a=True, alpha=-self.lr, beta=self.momentum)
+        backend.apply_velocity(W, v, self.lr * decay)
+
+    def _rule(self, backend, param, grad, state, step):
+        backend.momentum_update(param, grad, state[0], self.lr, self.momentum)
 
 
 class Nesterov(Momentum):
@@ -137,12 +235,16 @@ class Nesterov(Momentum):
     The same update as the DLFS book's Nesterov class, which does ``param +=
     momentum**2 * v - (1 + momentum) * lr * grad`` before ``v = momentum * v -
     lr * grad`` (substitute the new ``v`` to see it), and, for a constant
-    ``lr``, as ``torch.optim.SGD(momentum=momentum, nesterov=True)``.
+    ``lr``, as ``torch.optim.SGD(momentum=momentum, nesterov=True)``.  It
+    needs the gradient itself, so a net's step materialises it.
     """
 
-    def _update_one(self, backend, key, param, grad):
-        backend.nesterov_update(param, grad, self._state(backend, "v", key, param), self.lr,
-                                self.momentum)
+    @property
+    def folds_products(self):
+        return False
+
+    def _rule(self, backend, param, grad, state, step):
+        backend.nesterov_update(param, grad, state[0], self.lr, self.momentum)
 
 
 class AdaGrad(Optimizer):
@@ -157,9 +259,8 @@ class AdaGrad(Optimizer):
         super().__init__(lr, clip_norm)
         self.eps = _positive(self, "eps", eps)
 
-    def _update_one(self, backend, key, param, grad):
-        backend.adagrad_update(param, grad, self._state(backend, "h", key, param), self.lr,
-                               self.eps)
+    def _rule(self, backend, param, grad, state, step):
+        backend.adagrad_update(param, grad, state[0], self.lr, self.eps)
 
 
 class RMSprop(Optimizer):
@@ -176,9 +277,8 @@ class RMSprop(Optimizer):
         self.decay_rate = _fraction(self, "decay_rate", decay_rate)
         self.eps = _positive(self, "eps", eps)
 
-    def _update_one(self, backend, key, param, grad):
-        backend.rmsprop_update(param, grad, self._state(backend, "h", key, param), self.lr,
-                               self.decay_rate, self.eps)
+    def _rule(self, backend, param, grad, state, step):
+        backend.rmsprop_update(param, grad, state[0], self.lr, self.decay_rate, self.eps)
 
 
 class Adam(Optimizer):
@@ -195,10 +295,6 @@ class Adam(Optimizer):
         self.beta1 = _fraction(self, "beta1", beta1)
         self.beta2 = _fraction(self, "beta2", beta2)
         self.eps = _positive(self, "eps", eps)
-        self.step = {}
 
-    def _update_one(self, backend, key, param, grad):
-        self.step[key] = self.step.get(key, 0) + 1
-        backend.adam_update(param, grad, self._state(backend, "m", key, param),
-                            self._state(backend, "v", key, param), self.lr, self.beta1,
-                            self.beta2, self.step[key], self.eps)
+    def _rule(self, backend, param, grad, state, step):
+        backend.adam_update(param, grad, *state, self.lr, self.beta1, self.beta2, step, self.eps)

@@ -6,7 +6,8 @@ import fastbp
 from fastbp.data import make_toy
 from fastbp.gradcheck import directional_check, gradient_check, rel_error
 from fastbp.nets import MultiLayerNet, TwoLayerNet
-from fastbp.optim import SGD, Adam
+from fastbp.optim import SGD, AdaGrad, Adam, Momentum, Nesterov, RMSprop
+from fastbp.train import load_params, save_params
 
 
 def _batch(n=8, d=20, c=5, seed=1):
@@ -50,7 +51,8 @@ def test_gradient_check_passes(backend):
 
 def test_gradient_check_catches_a_wrong_backward(monkeypatch):
     net = TwoLayerNet(20, 10, 5, weight_init_std=1.0, seed=0)
-    monkeypatch.setattr(net.layers["Activation1"], "backward", lambda dout: dout)  # ignores the mask
+    monkeypatch.setattr(net.backend, "activation_backward_bias",  # ignores the ReLU mask
+                        lambda d, a, activation: (d, d.sum(axis=0)))
     errors = gradient_check(net, *_batch())
     assert errors["W1"] > 1e-2 and errors["W2"] < 1e-6
 
@@ -280,21 +282,64 @@ def test_inference_is_deterministic_and_training_is_not(backend):
                                  host(net.predict(x, train_flg=True)))
 
 
-@pytest.mark.parametrize("dropout, batchnorm", [(True, False), (False, True), (True, True)])
-def test_train_step_with_options_equals_gradient_then_update(backend, dtype, dropout, batchnorm):
-    """Same seed, same masks; and the fused plain-SGD step must not skip the extra layers."""
+OPTIMIZER_MAKERS = {
+    "SGD": lambda: SGD(lr=0.1), "SGD-clip": lambda: SGD(lr=0.1, clip_norm=0.5),
+    "Momentum": lambda: Momentum(lr=0.05), "Momentum-clip": lambda: Momentum(lr=0.05, clip_norm=0.5),
+    "Nesterov": lambda: Nesterov(lr=0.05), "AdaGrad": lambda: AdaGrad(lr=0.05),
+    "RMSprop": lambda: RMSprop(lr=0.01, decay_rate=0.9), "Adam": lambda: Adam(lr=0.01),
+    "Adam-clip": lambda: Adam(lr=0.01, clip_norm=0.5)}
+#: name -> (MultiLayerNet options, one-hot labels)
+NET_OPTIONS = {
+    "plain": ({}, False), "one-hot": ({}, True), "sigmoid-decay": ({"activation": "sigmoid",
+                                                                  "weight_decay_lambda": 0.1}, False),
+    "dropout": ({"use_dropout": True}, False), "batchnorm": ({"use_batchnorm": True}, False),
+    "all": ({"use_dropout": True, "use_batchnorm": True, "weight_decay_lambda": 0.1}, True)}
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZER_MAKERS)
+@pytest.mark.parametrize("options", NET_OPTIONS)
+def test_train_step_equals_gradient_then_update(backend, dtype, optimizer, options):
+    """Every optimizer and option: same parameters, buffers and optimizer state, step after step."""
+    kwargs, one_hot = NET_OPTIONS[options]
+    x, t = _batch(10, 6, 3)
+    if one_hot:
+        t = numpy.eye(3)[t]
+    x, t = backend.asarray(x), backend.asarray(t)
+    stepped, manual = (MultiLayerNet(6, [5, 4], 3, weight_init_std=1.0, seed=5, backend=backend,
+                                     dtype=dtype, **kwargs) for _ in range(2))
+    opt_stepped, opt_manual = OPTIMIZER_MAKERS[optimizer](), OPTIMIZER_MAKERS[optimizer]()
+    for step in range(3):
+        loss = stepped.train_step(x, t, opt_stepped)
+        assert loss.dtype == numpy.dtype(dtype)
+        opt_manual.update(manual.params, manual.gradient(x, t), backend=backend)
+        # a bias right before a BatchNorm has a true gradient of 0: its gradients are rounding
+        # noise (which Adam, AdaGrad and RMSprop normalise), the running mean follows it, and
+        # neither changes the training output
+        noise = ("b1", "b2", "running_mean1", "running_mean2") if kwargs.get("use_batchnorm") else ()
+        for key in manual.params:
+            assert stepped.params[key].dtype == numpy.dtype(dtype)
+            if key not in noise:
+                assert_close(stepped.params[key], manual.params[key], dtype,
+                             f"{key} after {step + 1}")
+        for key in manual.buffers:
+            if key not in noise:
+                assert_close(stepped.buffers[key], manual.buffers[key], dtype, key)
+        for name in opt_manual.state_names:
+            for key, state in getattr(opt_manual, name).items():
+                if key not in noise:
+                    assert_close(getattr(opt_stepped, name)[key], state, dtype, f"{name}[{key}]")
+    if noise:
+        assert_close(stepped.predict(x, train_flg=True), manual.predict(x, train_flg=True), dtype,
+                     "predict")
+
+
+def test_train_step_returns_the_loss_before_its_update(backend, dtype):
     x, t = (backend.asarray(a) for a in _batch(10, 6, 3))
-    stepped, manual = (_extended(backend, dropout=dropout, batchnorm=batchnorm, lam=0.1,
-                                 dtype=dtype, seed=5) for _ in range(2))
-    for _ in range(2):
-        loss = stepped.train_step(x, t, SGD(lr=0.1))
-        expected_loss, grads = manual._loss_and_gradient(*manual._prepare(x, t))
-        SGD(lr=0.1).update(manual.params, grads)
-        assert_close(loss, expected_loss, dtype, "loss")
-    for key in manual.params:
-        assert_close(stepped.params[key], manual.params[key], dtype, key)
-    for key in manual.buffers:
-        assert_close(stepped.buffers[key], manual.buffers[key], dtype, key)
+    for optimizer in (SGD(lr=0.1), Adam(), Nesterov()):
+        net = MultiLayerNet(6, [5, 4], 3, weight_decay_lambda=0.1, seed=5, backend=backend,
+                            dtype=dtype)
+        expected = net.loss(x, t)
+        assert_close(net.train_step(x, t, optimizer), expected, dtype, type(optimizer).__name__)
 
 
 @pytest.mark.parametrize("activation", ["relu", "sigmoid"])
@@ -333,3 +378,63 @@ def test_seeded_dropout_training_is_reproducible(backend):
 def test_bad_option_arguments(kwargs, message):
     with pytest.raises(ValueError, match=f"MultiLayerNet: {message}"):
         MultiLayerNet(4, [3], 2, **kwargs)
+
+
+@pytest.mark.parametrize("sizes, optimizer", [
+    ((4, [3], 2), "SGD"),         # the tiny path: one compiled call where a backend has it
+    ((4, [6, 5], 3), "SGD"),      # products with the update folded in
+    ((4, [6, 5], 3), "Momentum"),  # the velocity folded into its product
+    ((4, [6, 5], 3), "Adam"),     # the materialised gradient buffer and one fused pass
+])
+def test_assigned_params_reach_every_path(backend, dtype, tmp_path, sizes, optimizer):
+    """``net.params[k] = array`` copies into the net's array: step, layers, checkpoints agree."""
+    ours, other = (MultiLayerNet(*sizes, seed=seed, backend=backend, dtype=dtype) for seed in (0, 9))
+    arrays = {key: ours.params[key] for key in ours.params}
+    for key, value in other.params.items():
+        ours.params[key] = host(value)  # host float64 arrays: cast and moved like load_params
+    assert all(ours.params[key] is arrays[key] for key in arrays)
+    assert ours.layers["Affine1"].W is ours.params["W1"]
+    x, t = (backend.asarray(a) for a in _batch(6, sizes[0], sizes[-1]))
+    for net in (ours, other):
+        save_params(net, tmp_path / f"{id(net)}.npz")
+    with numpy.load(tmp_path / f"{id(ours)}.npz") as a, numpy.load(tmp_path / f"{id(other)}.npz") as b:
+        assert {k: a[k].tolist() for k in a.files} == {k: b[k].tolist() for k in b.files}
+    numpy.testing.assert_array_equal(host(ours.predict(x)), host(other.predict(x)))
+    optimizers = (OPTIMIZER_MAKERS[optimizer](), OPTIMIZER_MAKERS[optimizer]())
+    for _ in range(2):
+        losses = [net.train_step(x, t, opt) for net, opt in zip((ours, other), optimizers)]
+        assert float(losses[0]) == float(losses[1])
+    for key in other.params:
+        numpy.testing.assert_array_equal(host(ours.params[key]), host(other.params[key]))
+        numpy.testing.assert_array_equal(host(ours.grads[key]), host(other.grads[key]))
+    load_params(ours, tmp_path / f"{id(other)}.npz")  # back to the saved values, in place
+    assert all(ours.params[key] is arrays[key] for key in arrays)
+
+
+def test_bad_assignments_to_params_change_nothing(backend):
+    net = TwoLayerNet(4, 3, 2, seed=0, backend=backend)
+    before = _snapshot(net)
+    with pytest.raises(ValueError, match=r"TwoLayerNet.params\['W1'\]: expected shape \(4, 3\), "
+                                         r"received \(3, 4\); nothing was changed"):
+        net.params["W1"] = numpy.ones((3, 4))
+    with pytest.raises(ValueError, match="no array 'W3' to assign to.*'W1', 'b1', 'W2', 'b2'"):
+        net.params["W3"] = numpy.ones((3, 2))
+    with pytest.raises(ValueError, match="'b2' cannot be removed"):
+        del net.params["b2"]
+    with pytest.raises(ValueError, match="running_mean1"):
+        net.buffers["running_mean1"] = numpy.zeros(3)
+    assert list(net.params) == ["W1", "b1", "W2", "b2"]
+    for key, value in before.items():
+        numpy.testing.assert_array_equal(host(net.params[key]), value)
+
+
+def test_params_and_grads_are_views_of_one_buffer_each(backend, dtype):
+    net = MultiLayerNet(4, [6, 5], 3, use_batchnorm=True, seed=0, backend=backend, dtype=dtype)
+    assert net.params.flat.size == sum(p.size for p in net.params.values())
+    assert net.params.flat.dtype == numpy.dtype(dtype)
+    net.params.flat[...] = 0.5
+    assert all((host(p) == 0.5).all() for p in net.params.values())
+    grads = net.gradient(*(backend.asarray(a) for a in _batch(6, 4, 3)))
+    for key, grad in grads.items():
+        numpy.testing.assert_array_equal(host(grad), host(net.grads[key]))
+        assert grad is not net.grads[key]  # gradient() returns copies; grads is reused

@@ -246,28 +246,18 @@ class CupyBackend(NumpyBackend):
                      1 - beta2)
         _UPDATES["adam"](grad, *_typed(param, *constants), param, m, v)
 
-    # ------------------------------------------------------ the whole SGD step
-    def mlp_sgd_step(self, x, t, weights, biases, activation, lr, check_finite=True):
-        """Bias + activation fused after each product, softmax + loss + gradient in one kernel.
+    # ------------------------------------------- blocks of the training step
+    def dense_forward(self, x, W, b, activation):
+        """The product in cuBLAS, then bias and activation in one kernel."""
+        out = x @ W
+        _bias_act[activation](b, out)
+        return out
 
-        ``check_finite`` reads the loss back from the device (one synchronisation).
-        """
-        n, dtype = x.shape[0], x.dtype
-        acts = [x]
-        for i, W in enumerate(weights):
-            z = acts[-1] @ W
-            if i < len(weights) - 1:
-                _bias_act[activation](biases[i], z)
-            acts.append(z)
-        total, d = _softmax_xent(acts.pop(), biases[-1], t, 1.0 / n)
-        if check_finite and not math.isfinite(total):
-            return total / dtype.type(n)  # nothing is updated from a NaN or inf loss
-        backward = _act_backward[activation]
-        for i in reversed(range(len(weights))):
-            W, a_in = weights[i], acts[i]
-            d_below = d @ W.T if i else None
-            _sgd(a_in.T @ d, dtype.type(lr), W)
-            _sgd(d.sum(axis=0), dtype.type(lr), biases[i])
-            if i:
-                d = backward(d_below, a_in)
-        return total / dtype.type(n)
+    def softmax_cross_entropy_grad(self, z, b, t):
+        total, d = _softmax_xent(z, b, t, 1.0 / z.shape[0])
+        return total / z.dtype.type(z.shape[0]), d
+
+    def activation_backward_bias(self, d, a, activation):
+        if activation != "identity":
+            d = _act_backward[activation](d, a)
+        return d, d.sum(axis=0)

@@ -4,7 +4,8 @@ Every matrix product goes through one OpenBLAS (NumPy's own when it can be
 reached, see :mod:`fastbp.backends.numba_blas`), never two: two OpenBLAS
 thread pools spinning in one step fight over the cores.  The SGD step folds
 each weight update into the product that makes its gradient
-(``W -= lr * a.T @ d`` is one GEMM with ``beta = 1``).
+(``W -= lr * a.T @ d`` is one GEMM with ``beta = 1``) when the optimizer's
+rule allows it.
 
 Anything these kernels do not handle (other ranks, integer arrays) falls back
 to the reference implementation.
@@ -12,7 +13,6 @@ to the reference implementation.
 
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
@@ -52,6 +52,11 @@ def _floats(*arrays):
         if a.dtype != dtype:
             return False
     return True
+
+
+def _contiguous_like(out, a):
+    """True when the products may write into ``out``: C-contiguous, of ``a``'s dtype."""
+    return out.dtype == a.dtype and out.flags.c_contiguous
 
 
 def _fused_update(kind, arrays, constants):
@@ -177,42 +182,49 @@ class NumbaBackend(NumpyBackend):
         if not _fused_update(K.ADAM, (param, grad, m, v), constants):
             super().adam_update(param, grad, m, v, lr, beta1, beta2, step, eps)
 
-    # ------------------------------------------------------ the whole SGD step
-    def mlp_sgd_step(self, x, t, weights, biases, activation, lr, check_finite=True):
-        n = x.shape[0]
-        # the tiny path is decided first, with the fewest checks: its whole step takes ~6 µs
+    # ------------------------------------------- blocks of the training step
+    def gemm(self, a, b, out=None, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
+        if not (_floats(a, b) and b.ndim == 2 and (out is None or _contiguous_like(out, a))):
+            return super().gemm(a, b, out, trans_a, trans_b, alpha, beta)
+        a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+        if out is None:  # with beta = 0 BLAS never reads the empty array
+            shape = (a.shape[1] if trans_a else a.shape[0], b.shape[0] if trans_b else b.shape[1])
+            out, beta = np.empty(shape, dtype=a.dtype), 0.0
+        return gemm(a, b, out, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta)
+
+    def activate(self, x, activation):
+        if activation == "identity" or not _floats(x):
+            return super().activate(x, activation)
+        return self._activate(x, _ACTIVATIONS[activation])
+
+    def dense_forward(self, x, W, b, activation):
+        if not _floats(x, W, b):
+            return super().dense_forward(x, W, b, activation)
+        out = self.gemm(x, W)
+        K.bias_act_forward(out, b, _ACTIVATIONS[activation])
+        return out
+
+    def softmax_cross_entropy_grad(self, z, b, t):
+        if not _floats(z, b):
+            return super().softmax_cross_entropy_grad(z, b, t)
+        d = np.empty(z.shape, dtype=z.dtype)
+        return z.dtype.type(K.softmax_xent(z, b, t, d, 1.0 / z.shape[0])), d
+
+    def activation_backward_bias(self, d, a, activation):
+        if not (_floats(d) and d.flags.writeable and (a is None or a.shape == d.shape)):
+            return super().activation_backward_bias(d, a, activation)
+        return d, K.act_backward_col_sums(d, d if a is None else a, _ACTIVATIONS[activation])
+
+    def apply_velocity(self, param, velocity, decay):
+        if not _fused_update(K.APPLY_VELOCITY, (param, velocity), (decay,)):
+            super().apply_velocity(param, velocity, decay)
+
+    def tiny_sgd_step(self, x, t, weights, biases, activation, lr, check_finite):
+        # decided with the fewest checks: the whole step takes ~6 µs
         if (len(weights) == 2 and t.ndim == 1
-                and n * (weights[0].size + weights[1].size) <= TINY_STEP_FLOPS):
+                and x.shape[0] * (weights[0].size + weights[1].size) <= TINY_STEP_FLOPS):
             (W1, W2), (b1, b2) = weights, biases
             if _floats(x, W1, b1, W2, b2):
                 return x.dtype.type(K.tiny_mlp_sgd_step(x, t, W1, b1, W2, b2, _ACTIVATIONS[activation],
-                                                        float(lr), 1.0 / n, check_finite))
-        dtype, arrays = x.dtype, (*weights, *biases)
-        if not (_floats(x, *arrays) and all(a.flags.c_contiguous for a in arrays)):
-            return super().mlp_sgd_step(x, t, weights, biases, activation, lr, check_finite)
-        act, lr = _ACTIVATIONS[activation], float(lr)
-
-        # forward: each product, then bias + activation in place
-        acts = [np.ascontiguousarray(x)]
-        for W, b in zip(weights, biases):
-            z = gemm(acts[-1], W, np.empty((n, W.shape[1]), dtype=dtype))
-            if len(acts) < len(weights):
-                K.bias_act_forward(z, b, act)
-            acts.append(z)
-        logits = acts.pop()
-        d = np.empty_like(logits)
-        loss = K.softmax_xent(logits, biases[-1], t, d, 1.0 / n)
-        if check_finite and not math.isfinite(loss):
-            return dtype.type(loss)  # nothing is updated from a NaN or inf loss
-
-        # backward, with each update folded into the pass that makes its gradient
-        K.act_backward_bias_sgd(d, d, K.IDENTITY, biases[-1], lr)
-        for i in reversed(range(len(weights))):
-            W, a_in = weights[i], acts[i]
-            if i:  # the gradient below uses W before its update
-                d_below = gemm(d, W, np.empty(a_in.shape, dtype=dtype), trans_b=True)
-                K.act_backward_bias_sgd(d_below, a_in, act, biases[i - 1], lr)
-            gemm(a_in, d, W, trans_a=True, alpha=-lr, beta=1.0)
-            if i:
-                d = d_below
-        return dtype.type(loss)
+                                                        float(lr), 1.0 / x.shape[0], check_finite))
+        return None

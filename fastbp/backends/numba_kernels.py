@@ -92,18 +92,6 @@ def act_backward_col_sums(d, a, act):
 
 
 @njit(cache=True, error_model="numpy")
-def act_backward_bias_sgd(d, a, act, b, lr):
-    """In place ``d *= act'(a)``, then the SGD step ``b -= lr * d.sum(axis=0)``.
-
-    The train step's bias update, fused with the pass that makes its gradient.
-    """
-    db = act_backward_col_sums(d, a, act)
-    lr = d.dtype.type(lr)
-    for j in range(b.shape[0]):
-        b[j] -= lr * db[j]
-
-
-@njit(cache=True, error_model="numpy")
 def act_forward(x, out, act):
     """``out = act(x)`` (any layout)."""
     one = x.dtype.type(1)
@@ -227,7 +215,7 @@ def label_range(t):
 
 
 # --------------------------------------------------------------- updates
-SGD, MOMENTUM, NESTEROV, ADAGRAD, RMSPROP, ADAM = range(6)
+SGD, MOMENTUM, NESTEROV, ADAGRAD, RMSPROP, ADAM, APPLY_VELOCITY = range(7)
 
 
 @njit(cache=True, error_model="numpy")
@@ -247,6 +235,12 @@ def optimizer_update(kind, p, g, s1, s2, c):
         lr = c[0]
         for i in range(n):
             p[i] -= lr * g[i]
+    elif kind == APPLY_VELOCITY:  # g is the velocity a product just made; c: lr * lambda
+        decay = c[0]
+        for i in range(n):
+            v = _flushed(g[i] - decay * p[i], tiny)
+            g[i] = v
+            p[i] += v
     elif kind == MOMENTUM or kind == NESTEROV:
         lr, mu = c[0], c[1]
         for i in range(n):

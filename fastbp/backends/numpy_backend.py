@@ -238,33 +238,67 @@ class NumpyBackend:
         denom += eps
         param -= lr * direction / denom
 
-    # ------------------------------------------------------- the whole step
-    def mlp_sgd_step(self, x, t, weights, biases, activation, lr, check_finite=True):
-        """One SGD step of Affine-activation-...-Affine-softmax, in place; returns the loss.
+    # ------------------------------------------- blocks of the training step
+    # ``MultiLayerNet.train_step`` is composed of these; a backend overrides
+    # blocks, never the step.  Activations are named "identity", "relu", "sigmoid".
+    def gemm(self, a, b, out=None, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
+        """``out = alpha * op(a) @ op(b) + beta * out``, in place; a new array when ``out`` is None.
 
-        The pure-array form of ``train_step`` for plain nets with plain SGD, so a
-        backend can fuse the whole step.  The reference composes the hot paths
-        and skips the input gradient of the first layer.  With ``check_finite``
-        a NaN or inf loss returns before anything is updated (on a GPU the test
-        waits for the device).
+        ``op`` transposes when ``trans_a`` / ``trans_b`` is set.  ``beta = 1``
+        lets a weight update ride on the product that makes its gradient.
         """
-        relu = activation == "relu"
-        acts, caches = [x], []
-        for i, (W, b) in enumerate(zip(weights, biases)):
-            z = self.affine_forward(acts[-1], W, b)
-            if i < len(weights) - 1:
-                z, cache = self.relu_forward(z) if relu else (self.sigmoid_forward(z),) * 2
-                caches.append(cache)
-            acts.append(z)
-        loss, probs = self.softmax_cross_entropy(acts.pop(), t)
-        if check_finite and not math.isfinite(loss):
-            return loss
-        d = self.softmax_cross_entropy_backward(probs, t)
-        for i in reversed(range(len(weights))):
-            d_below, dW, db = self.affine_backward(d, acts[i], weights[i], need_dx=i > 0)
-            self.sgd_update(weights[i], dW, lr)
-            self.sgd_update(biases[i], db, lr)
-            if i:
-                backward = self.relu_backward if relu else self.sigmoid_backward
-                d = backward(d_below, caches[i - 1])
-        return loss
+        product = (a.T if trans_a else a) @ (b.T if trans_b else b)
+        if alpha != 1:
+            product *= alpha
+        if out is None:
+            return product
+        if beta == 0:
+            out[...] = product
+        else:
+            out *= beta
+            out += product
+        return out
+
+    def activate(self, x, activation):
+        """``activation(x)`` as a new array."""
+        if activation == "relu":
+            return self.relu_forward(x)[0]
+        return self.sigmoid_forward(x) if activation == "sigmoid" else x
+
+    def dense_forward(self, x, W, b, activation):
+        """``activation(x @ W + b)``: the product, then bias and activation in one pass."""
+        return self.activate(self.affine_forward(x, W, b), activation)
+
+    def softmax_cross_entropy_grad(self, z, b, t):
+        """``(loss, dz)`` of the logits ``z + b``: the batch-mean loss and ``(softmax - t) / N``.
+
+        One pass where a backend fuses it; ``dz`` is also the gradient of ``b``'s sum.
+        """
+        loss, probs = self.softmax_cross_entropy(z + b, t)
+        return loss, self.softmax_cross_entropy_backward(probs, t)
+
+    def activation_backward_bias(self, d, a, activation):
+        """``(d * activation'(a), its column sums)``: the gradient through an activation whose
+        output is ``a``, and the bias gradient of the layer below.  ``d`` may be overwritten.
+        """
+        if activation == "relu":
+            d = self.relu_backward(d, a)
+        elif activation == "sigmoid":
+            d = self.sigmoid_backward(d, a)
+        return d, d.sum(axis=0)
+
+    def apply_velocity(self, param, velocity, decay):
+        """In place: ``velocity -= decay * param``, flushed of subnormals, then ``param += velocity``.
+
+        The end of a Momentum step whose product ``velocity = momentum * velocity
+        - lr * a.T @ d`` already ran; ``decay`` is ``lr * weight_decay_lambda``.
+        """
+        if decay:
+            velocity -= decay * param
+        self.flush_subnormals(velocity)
+        param += velocity
+
+    def tiny_sgd_step(self, x, t, weights, biases, activation, lr, check_finite):
+        """A whole plain-SGD step of a tiny two-layer net as one compiled call, where a backend has
+        one (same contract as ``train_step``; returns the loss); None means "not here"."""
+        return None

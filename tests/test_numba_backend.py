@@ -1,6 +1,7 @@
 """What only the numba backend promises: the fused step, BLAS routing, threads, caching, no-JIT runs."""
 
 import os
+import pkgutil
 import subprocess
 import sys
 
@@ -15,11 +16,14 @@ if "numba" not in fastbp.available_backends():
 
 import numba  # noqa: E402
 
-from fastbp.backends import numba_backend, numba_blas, numba_kernels  # noqa: E402
+from fastbp.backends import numba_backend, numba_blas  # noqa: E402
+from fastbp.backends.numba_kernels import dense, elementwise, softmax, tiny, updates  # noqa: E402
 from fastbp.nets import MultiLayerNet  # noqa: E402
 from fastbp.optim import SGD  # noqa: E402
 
 NUMBA = fastbp.get_backend("numba")
+#: every module of compiled kernels; a new kernel module goes here too
+KERNEL_MODULES = (elementwise, dense, softmax, updates, tiny, numba_blas)
 
 
 def _problem(sizes, batch, dtype, one_hot, seed=0):
@@ -116,7 +120,7 @@ def test_results_do_not_depend_on_the_thread_count():
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("numba was started with a single thread (NUMBA_NUM_THREADS=1)")
     x, t = _problem((300, 256, 64), 512, "float32", False)
-    assert t.size * 64 >= numba_kernels.PARALLEL_MIN  # the softmax runs its rows in parallel
+    assert t.size * 64 >= softmax.PARALLEL_MIN  # the softmax runs its rows in parallel
     results = []
     for threads in (1, 2):
         numba.set_num_threads(threads)
@@ -134,9 +138,26 @@ def test_results_do_not_depend_on_the_thread_count():
         numpy.testing.assert_array_equal(grads1[key], grads2[key])
 
 
+def _dispatchers(module):
+    """The compiled kernels ``module`` defines (not the helpers it imports)."""
+    return [obj for obj in vars(module).values()
+            if isinstance(obj, numba.core.registry.CPUDispatcher)
+            and obj.py_func.__module__ == module.__name__]
+
+
+def test_every_kernel_module_is_listed():
+    """KERNEL_MODULES holds every module of the kernels package, so the checks below see them all."""
+    from fastbp.backends import numba_kernels
+
+    names = {f"{numba_kernels.__name__}.{m.name}" for m in pkgutil.iter_modules(numba_kernels.__path__)}
+    assert names == {m.__name__ for m in KERNEL_MODULES if m is not numba_blas}
+    assert all(_dispatchers(m) for m in KERNEL_MODULES)
+    assert not [obj for obj in vars(numba_kernels).values()
+                if isinstance(obj, numba.core.registry.CPUDispatcher)]  # nothing re-exported
+
+
 def test_every_kernel_is_cached():
-    dispatchers = [obj for module in (numba_kernels, numba_blas) for obj in vars(module).values()
-                   if isinstance(obj, numba.core.registry.CPUDispatcher)]
+    dispatchers = [d for module in KERNEL_MODULES for d in _dispatchers(module)]
     assert len(dispatchers) > 10
     assert all(type(d._cache).__name__ == "FunctionCache" for d in dispatchers)
 
@@ -187,7 +208,7 @@ _FLOAT32_PROBE = """
 import re, numpy as np, numba
 from fastbp.nets import MultiLayerNet
 from fastbp.optim import SGD, Adam, Momentum
-from fastbp.backends import numba_kernels as K
+from fastbp.backends.numba_kernels import dense, elementwise, softmax, tiny, updates
 for sizes, batch, activation in [((2, 8, 2), 50, "relu"), ((2, 8, 2), 50, "sigmoid"),
                                  ((3, 6, 4), 50, "relu"), ((60, 40, 10), 64, "relu"),
                                  ((60, 40, 10), 64, "sigmoid"), ((4, 8, 64), 512, "relu")]:
@@ -198,8 +219,11 @@ for sizes, batch, activation in [((2, 8, 2), 50, "relu"), ((2, 8, 2), 50, "sigmo
     net.train_step(x, t, SGD(0.1)); net.gradient(x, t); net.train_step(x, t, Adam())
     net.train_step(x, t, Momentum())
     net.train_step(x, np.eye(sizes[-1], dtype=np.float32)[t], SGD(0.1))
-for name, kernel in vars(K).items():
-    if isinstance(kernel, numba.core.registry.CPUDispatcher):
+for module in (elementwise, dense, softmax, updates, tiny):
+    kernels = {name: obj for name, obj in vars(module).items()  # defined here, not imported
+               if isinstance(obj, numba.core.registry.CPUDispatcher)
+               and obj.py_func.__module__ == module.__name__}
+    for name, kernel in kernels.items():
         for sig in kernel.signatures:
             if any(getattr(arg, "dtype", None) == numba.float32 for arg in sig):
                 ir = kernel.inspect_llvm(sig)

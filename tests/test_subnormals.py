@@ -4,7 +4,7 @@ import numpy
 import pytest
 from conftest import host
 
-from fastbp.optim import Adam, AdaGrad, Momentum, Nesterov, RMSprop
+from fastbp.optim import AdaGrad, Adam, Momentum, Nesterov, RMSprop
 
 #: per dtype, a gradient whose state starts a few dozen decays above the subnormals
 START = {"float64": 1e-300, "float32": 1e-36}

@@ -11,8 +11,6 @@ this backend is an error that says how to move it once (``fastbp.to_device``).
 
 from __future__ import annotations
 
-import math
-
 import numpy
 
 try:

@@ -30,12 +30,12 @@ if not os.environ.get("NUMBA_THREADING_LAYER"):
     numba.config.THREADING_LAYER = "workqueue"
 
 from fastbp.backends import numba_blas  # noqa: E402  (after the layer is chosen)
-from fastbp.backends import numba_kernels as K  # noqa: E402
 from fastbp.backends.numba_blas import gemm  # noqa: E402
+from fastbp.backends.numba_kernels import dense, elementwise, softmax, tiny, updates  # noqa: E402
 from fastbp.backends.numpy_backend import NumpyBackend, adam_step_size
 
 _FLOATS = frozenset((np.dtype(np.float32), np.dtype(np.float64)))
-_ACTIVATIONS = {"identity": K.IDENTITY, "relu": K.RELU, "sigmoid": K.SIGMOID}
+_ACTIVATIONS = {"identity": elementwise.IDENTITY, "relu": elementwise.RELU, "sigmoid": elementwise.SIGMOID}
 #: multiply-adds per step below which one compiled call with plain loops beats BLAS
 TINY_STEP_FLOPS = 1 << 16
 
@@ -69,7 +69,7 @@ def _fused_update(kind, arrays, constants):
     if dtype not in _FLOATS or not all(a.dtype == dtype and a.flags.c_contiguous for a in arrays):
         return False
     flat = [a.reshape(-1) for a in arrays] + [arrays[0].reshape(-1)] * (4 - len(arrays))
-    K.optimizer_update(kind, *flat, np.array(constants, dtype=dtype))
+    updates.optimizer_update(kind, *flat, np.array(constants, dtype=dtype))
     return True
 
 
@@ -85,7 +85,7 @@ class NumbaBackend(NumpyBackend):
                 "blas": f"{numba_blas.LIBRARY}, every product of a step"}
 
     def label_range(self, t):
-        return K.label_range(t)  # numba returns Python ints
+        return softmax.label_range(t)  # numba returns Python ints
 
     # ----------------------------------------------------------------- affine
     def affine_forward(self, x, W, b):
@@ -93,7 +93,7 @@ class NumbaBackend(NumpyBackend):
             return super().affine_forward(x, W, b)
         out = gemm(np.ascontiguousarray(x), np.ascontiguousarray(W),
                    np.empty((x.shape[0], W.shape[1]), dtype=x.dtype))
-        K.bias_act_forward(out, b, K.IDENTITY)
+        dense.bias_act_forward(out, b, elementwise.IDENTITY)
         return out
 
     def affine_backward(self, dout, x, W, need_dx=True):
@@ -102,39 +102,39 @@ class NumbaBackend(NumpyBackend):
         dout, x, W = (np.ascontiguousarray(a) for a in (dout, x, W))
         dx = gemm(dout, W, np.empty(x.shape, dtype=x.dtype), trans_b=True) if need_dx else None
         dW = gemm(x, dout, np.empty(W.shape, dtype=W.dtype), trans_a=True)
-        return dx, dW, K.act_backward_col_sums(dout, dout, K.IDENTITY)
+        return dx, dW, dense.act_backward_col_sums(dout, dout, elementwise.IDENTITY)
 
     # ------------------------------------------------------------ activations
     def relu_forward(self, x):
         """The mask is the output itself: it is positive exactly where ``x`` was."""
         if not _floats(x):
             return super().relu_forward(x)
-        out = self._activate(x, K.RELU)
+        out = self._activate(x, elementwise.RELU)
         return out, out
 
     def relu_backward(self, dout, mask):
         if not _floats(dout) or mask.shape != dout.shape:
             return super().relu_backward(dout, mask)
-        return self._activation_grad(dout, mask, K.RELU)
+        return self._activation_grad(dout, mask, elementwise.RELU)
 
     def sigmoid_forward(self, x):
-        return self._activate(x, K.SIGMOID) if _floats(x) else super().sigmoid_forward(x)
+        return self._activate(x, elementwise.SIGMOID) if _floats(x) else super().sigmoid_forward(x)
 
     def sigmoid_backward(self, dout, out):
         if not _floats(dout, out):
             return super().sigmoid_backward(dout, out)
-        return self._activation_grad(dout, out, K.SIGMOID)
+        return self._activation_grad(dout, out, elementwise.SIGMOID)
 
     @staticmethod
     def _activate(x, act):
         out = np.empty(x.shape, dtype=x.dtype)
-        K.act_forward(x, out, act)
+        dense.act_forward(x, out, act)
         return out
 
     @staticmethod
     def _activation_grad(dout, a, act):
         dx = np.empty(dout.shape, dtype=dout.dtype)
-        K.act_backward(dout, a, dx, act)
+        dense.act_backward(dout, a, dx, act)
         return dx
 
     # ------------------------------------------------ softmax + cross-entropy
@@ -143,43 +143,43 @@ class NumbaBackend(NumpyBackend):
             return super().softmax_cross_entropy(x, t)
         dtype = x.dtype
         probs = np.empty(x.shape, dtype=dtype)
-        return dtype.type(K.softmax_xent(x, np.zeros(x.shape[1], dtype), t, probs, 0.0)), probs
+        return dtype.type(softmax.softmax_xent(x, np.zeros(x.shape[1], dtype), t, probs, 0.0)), probs
 
     def softmax_cross_entropy_backward(self, probs, t):
         if not _floats(probs):
             return super().softmax_cross_entropy_backward(probs, t)
         dtype = probs.dtype
         dx = np.empty(probs.shape, dtype=dtype)
-        K.softmax_xent_backward(probs, t, dx, 1.0 / probs.shape[0])
+        softmax.softmax_xent_backward(probs, t, dx, 1.0 / probs.shape[0])
         return dx
 
     # ------------------------------------------------------------- optimizers
     # Each runs the fused kernel when it can, else the reference.
     def sgd_update(self, param, grad, lr):
-        if not _fused_update(K.SGD, (param, grad), (lr,)):
+        if not _fused_update(updates.SGD, (param, grad), (lr,)):
             super().sgd_update(param, grad, lr)
 
     def momentum_update(self, param, grad, velocity, lr, momentum):
-        if not _fused_update(K.MOMENTUM, (param, grad, velocity), (lr, momentum)):
+        if not _fused_update(updates.MOMENTUM, (param, grad, velocity), (lr, momentum)):
             super().momentum_update(param, grad, velocity, lr, momentum)
 
     def nesterov_update(self, param, grad, velocity, lr, momentum):
-        if not _fused_update(K.NESTEROV, (param, grad, velocity), (lr, momentum)):
+        if not _fused_update(updates.NESTEROV, (param, grad, velocity), (lr, momentum)):
             super().nesterov_update(param, grad, velocity, lr, momentum)
 
     def adagrad_update(self, param, grad, h, lr, eps):
-        if not _fused_update(K.ADAGRAD, (param, grad, h), (lr, eps, 0, 0)):
+        if not _fused_update(updates.ADAGRAD, (param, grad, h), (lr, eps, 0, 0)):
             super().adagrad_update(param, grad, h, lr, eps)
 
     def rmsprop_update(self, param, grad, h, lr, decay_rate, eps):
         constants = (lr, eps, decay_rate, 1 - decay_rate)
-        if not _fused_update(K.RMSPROP, (param, grad, h), constants):
+        if not _fused_update(updates.RMSPROP, (param, grad, h), constants):
             super().rmsprop_update(param, grad, h, lr, decay_rate, eps)
 
     def adam_update(self, param, grad, m, v, lr, beta1, beta2, step, eps):
         constants = (*adam_step_size(lr, beta1, beta2, step, eps), beta1, 1 - beta1, beta2,
                      1 - beta2)
-        if not _fused_update(K.ADAM, (param, grad, m, v), constants):
+        if not _fused_update(updates.ADAM, (param, grad, m, v), constants):
             super().adam_update(param, grad, m, v, lr, beta1, beta2, step, eps)
 
     # ------------------------------------------- blocks of the training step
@@ -201,22 +201,22 @@ class NumbaBackend(NumpyBackend):
         if not _floats(x, W, b):
             return super().dense_forward(x, W, b, activation)
         out = self.gemm(x, W)
-        K.bias_act_forward(out, b, _ACTIVATIONS[activation])
+        dense.bias_act_forward(out, b, _ACTIVATIONS[activation])
         return out
 
     def softmax_cross_entropy_grad(self, z, b, t):
         if not _floats(z, b):
             return super().softmax_cross_entropy_grad(z, b, t)
         d = np.empty(z.shape, dtype=z.dtype)
-        return z.dtype.type(K.softmax_xent(z, b, t, d, 1.0 / z.shape[0])), d
+        return z.dtype.type(softmax.softmax_xent(z, b, t, d, 1.0 / z.shape[0])), d
 
     def activation_backward_bias(self, d, a, activation):
         if not (_floats(d) and d.flags.writeable and (a is None or a.shape == d.shape)):
             return super().activation_backward_bias(d, a, activation)
-        return d, K.act_backward_col_sums(d, d if a is None else a, _ACTIVATIONS[activation])
+        return d, dense.act_backward_col_sums(d, d if a is None else a, _ACTIVATIONS[activation])
 
     def apply_velocity(self, param, velocity, decay):
-        if not _fused_update(K.APPLY_VELOCITY, (param, velocity), (decay,)):
+        if not _fused_update(updates.APPLY_VELOCITY, (param, velocity), (decay,)):
             super().apply_velocity(param, velocity, decay)
 
     def tiny_sgd_step(self, x, t, weights, biases, activation, lr, check_finite):
@@ -225,6 +225,6 @@ class NumbaBackend(NumpyBackend):
                 and x.shape[0] * (weights[0].size + weights[1].size) <= TINY_STEP_FLOPS):
             (W1, W2), (b1, b2) = weights, biases
             if _floats(x, W1, b1, W2, b2):
-                return x.dtype.type(K.tiny_mlp_sgd_step(x, t, W1, b1, W2, b2, _ACTIVATIONS[activation],
-                                                        float(lr), 1.0 / x.shape[0], check_finite))
+                return x.dtype.type(tiny.tiny_mlp_sgd_step(x, t, W1, b1, W2, b2, _ACTIVATIONS[activation],
+                                                           float(lr), 1.0 / x.shape[0], check_finite))
         return None

@@ -1,0 +1,50 @@
+"""Per-element helpers shared by several jobs: activations, their gradients, the flush.
+
+Activations are coded as ``IDENTITY``, ``RELU``, ``SIGMOID``; the codes are
+compile-time constants inside the kernels that branch on them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+IDENTITY, RELU, SIGMOID = 0, 1, 2
+
+
+@njit(cache=True, error_model="numpy")
+def _sigmoid(v, one):
+    # exp of a non-positive number only: no overflow in either branch.
+    if v >= 0:
+        return one / (one + np.exp(-v))
+    e = np.exp(v)
+    return e / (one + e)
+
+
+@njit(cache=True, error_model="numpy")
+def _act(v, act, one):
+    if act == RELU:  # max(v, 0) with NaN kept, as NumPy's maximum
+        return one - one if v <= 0 else v
+    if act == SIGMOID:
+        return _sigmoid(v, one)
+    return v
+
+
+@njit(cache=True, error_model="numpy")
+def _act_backward(d, a, act, one):
+    """The gradient ``d`` through the activation whose output is ``a``.
+
+    ReLU passes ``d`` where ``a > 0``, gives 0 where ``a`` is 0 and NaN where
+    ``a`` is NaN (``a * 0``), as the reference does.
+    """
+    if act == RELU:
+        return d if a > 0 else a * (one - one)
+    if act == SIGMOID:
+        return d * (a * (one - a))
+    return d
+
+
+@njit(cache=True, error_model="numpy")
+def _flushed(v, tiny):
+    """``v``, or 0 below the smallest normal ``tiny`` (NaN stays NaN): a select, not a pass."""
+    return v - v if abs(v) < tiny else v

@@ -250,8 +250,59 @@ def check_same_net(comm, net):
 def broadcast_net(comm, net, root=0):
     """Make every rank's parameters and buffers root's, in place (after checking the nets match)."""
     check_same_net(comm, net)
-    comm.broadcast([net.params[k] for k in sorted(net.params)]
-                   + [net.buffers[k] for k in sorted(net.buffers)], root=root)
+    comm.broadcast([net.params.flat, net.buffers.flat], root=root)
+
+
+class DataParallel:
+    """The data-parallel side of training ``net`` on every rank of ``comm`` (the Trainer's helper).
+
+    At start the nets are checked to match and rank 0's parameters and
+    buffers are broadcast; each Dropout layer draws from a generator seeded
+    by its own seed and the rank, so masks differ across ranks and a seeded
+    run repeats exactly.  Each global batch is split into contiguous shards
+    whose sizes differ by at most one; ``gradient_hook`` weights a rank's
+    mean gradient by its share of the batch and averages the flat gradient
+    buffer with one Allreduce, so every rank applies the same update and the
+    parameters stay identical.  BatchNorm uses each rank's batch statistics
+    (as PyTorch DDP without SyncBatchNorm); ``average_buffers`` averages the
+    running statistics, once an epoch.
+    """
+
+    def __init__(self, comm, net):
+        self.comm, self.net = comm, net
+        self._weight = 1.0
+        if comm.size == 1:
+            return
+        broadcast_net(comm, net)
+        for layer in net.layers.values():
+            if getattr(layer, "seed", None) is not None and hasattr(layer, "rng"):
+                layer.rng = net.backend.rng([layer.seed, comm.rank])
+
+    def shard(self, batch):
+        """This rank's contiguous part of the global ``batch`` (an index array or slice-able)."""
+        n, size, rank = len(batch), self.comm.size, self.comm.rank
+        local = batch[n * rank // size:n * (rank + 1) // size]
+        self._weight = len(local) * size / n
+        return local
+
+    @property
+    def gradient_hook(self):
+        """The hook for ``net.gradient_hook``, or None on a single process."""
+        return None if self.comm.size == 1 else self._average_gradients
+
+    def _average_gradients(self, grads):
+        if self._weight != 1:  # an uneven split: weight the shard's mean by its size
+            grads.flat *= self._weight
+        self.comm.allreduce_mean(grads.flat)
+
+    def total(self, value) -> float:
+        """The sum of ``value`` over the ranks (a loss or a count of correct answers)."""
+        return self.comm.allreduce_mean_scalar(value) * self.comm.size
+
+    def average_buffers(self):
+        """Running statistics averaged over the ranks (before evaluating or saving)."""
+        if self.comm.size > 1 and len(self.net.buffers):
+            self.comm.allreduce_mean(self.net.buffers.flat)
 
 
 def install_abort_on_exception(comm):

@@ -147,6 +147,7 @@ class Dropout:
         self.dropout_ratio = check_number("Dropout", "dropout_ratio", dropout_ratio, "in [0, 1)",
                                           lambda r: 0 <= r < 1)
         self.backend = get_backend(backend)
+        self.seed = seed
         self.rng = self.backend.rng(seed)
         self.mask = None  # the kept units, already scaled; backward multiplies by it
         self.fixed_mask = False

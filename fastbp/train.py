@@ -21,6 +21,7 @@ import numpy
 from fastbp.atomic import replacing
 from fastbp.backends import to_numpy
 from fastbp.checks import check_count
+from fastbp.distributed import DataParallel, SingleProcess
 from fastbp.nets import NonFiniteLossError
 
 #: the layout of the checkpoint files this module writes
@@ -50,10 +51,20 @@ class Trainer:
     step, so the steps run unchecked and the epoch's losses are checked at
     once when it ends: there, the updates after the first bad step of that
     epoch have been applied when the error is raised.
+
+    ``comm`` (``fastbp.distributed.world()``) trains data-parallel: every
+    rank holds the whole data set and the same permutation, and takes its
+    contiguous share of each global batch of ``batch_size`` samples (shares
+    differ by at most one; a last global batch smaller than the number of
+    ranks joins the one before, so every sample is seen exactly once per
+    epoch).  See :class:`~fastbp.distributed.DataParallel` for the rest.
+    The reported loss and accuracies are averaged over the ranks, and only
+    rank 0 shows progress.  A rank that raises leaves the others waiting:
+    run under ``python -m mpi4py`` (or ``install_abort_on_exception``).
     """
 
     def __init__(self, net, optimizer, x_train, t_train, x_test=None, t_test=None, epochs=10,
-                 batch_size=100, seed=0, verbose=True, eval_sample=None):
+                 batch_size=100, seed=0, verbose=True, eval_sample=None, comm=None):
         name = type(self).__name__
         self.epochs = check_count(name, "epochs", epochs)
         self.batch_size = check_count(name, "batch_size", batch_size)
@@ -63,13 +74,19 @@ class Trainer:
                              f"x_test={'None' if x_test is None else 'an array'} and "
                              f"t_test={'None' if t_test is None else 'an array'}")
         self.net, self.optimizer = net, optimizer
-        self.seed, self.verbose = seed, verbose
+        self.comm = SingleProcess() if comm is None else comm
+        if self.batch_size < self.comm.size or len(x_train) < self.comm.size:
+            raise ValueError(f"{name}: batch_size and the number of samples must be at least the "
+                             f"{self.comm.size} ranks, received batch_size {self.batch_size} and "
+                             f"{len(x_train)} samples")
+        self.seed, self.verbose = seed, verbose and self.comm.rank == 0
         self.x_train, self.t_train = self._to_device("x_train", x_train, "t_train", t_train)
         if x_test is None:
             self.x_test = self.t_test = None
         else:
             self.x_test, self.t_test = self._to_device("x_test", x_test, "t_test", t_test)
         self.history = {"loss": [], "train_acc": [], "test_acc": [], "epoch_time": []}
+        self.parallel = DataParallel(self.comm, net)  # rank 0's weights everywhere, checked
 
     def _to_device(self, x_name, x, t_name, t):
         """Inputs in the net's dtype, class indices as integers, one-hot rows in the net's dtype."""
@@ -90,14 +107,22 @@ class Trainer:
         self.net._prepare(x, t, where=f"Trainer({x_name}, {t_name})")
         return x, t
 
+    def _batches(self, n):
+        """``(start, stop)`` of each global batch; a remainder smaller than the ranks joins the last."""
+        bounds = [*range(0, n, self.batch_size), n]
+        if len(bounds) > 2 and bounds[-1] - bounds[-2] < self.comm.size:
+            del bounds[-2]
+        return list(zip(bounds[:-1], bounds[1:]))
+
     def fit(self):
         """Train for ``epochs`` epochs; returns ``history``."""
         n = len(self.x_train)
-        steps = -(-n // self.batch_size)
+        batches = self._batches(n)
         rng = numpy.random.default_rng(self.seed)
-        bar = _progress_bar(self.epochs * steps, self.verbose)
-        be = self.net.backend
+        bar = _progress_bar(self.epochs * len(batches), self.verbose)
+        be, parallel = self.net.backend, self.parallel
         check_each_step = not be.gpu  # on a GPU the check would wait for the device
+        self.net.gradient_hook = parallel.gradient_hook
         try:
             for epoch in range(1, self.epochs + 1):
                 if bar is not None:
@@ -105,30 +130,32 @@ class Trainer:
                 order = be.asarray(rng.permutation(n))
                 start = time.perf_counter()
                 total, losses = 0.0, []
-                for step, i in enumerate(range(0, n, self.batch_size), start=1):
-                    batch = order[i:i + self.batch_size]
+                for step, (begin, end) in enumerate(batches, start=1):
+                    batch = parallel.shard(order[begin:end])
                     try:
                         loss = self.net.train_step(self.x_train[batch], self.t_train[batch],
                                                    self.optimizer, check_labels=False,
                                                    check_finite=check_each_step)
                     except NonFiniteLossError as exc:
-                        raise self._diverged(epoch, step, steps, exc.loss) from None
+                        raise self._diverged(epoch, step, len(batches), exc.loss) from None
                     losses.append(loss)
                     total = total + loss * len(batch)  # stays on the device
                     if bar is not None:
                         bar.update()
-                mean_loss = float(total) / n  # the epoch's one synchronisation
-                if not math.isfinite(mean_loss):  # steps that ran unchecked
+                local = float(total)  # the epoch's one synchronisation
+                if not math.isfinite(local):  # steps that ran unchecked
                     values = be.to_numpy(be.xp.stack(losses))
                     first = int(numpy.flatnonzero(~numpy.isfinite(values))[0])
-                    raise self._diverged(epoch, first + 1, steps, values[first])
+                    raise self._diverged(epoch, first + 1, len(batches), values[first])
                 self._check_params(epoch)
+                parallel.average_buffers()
                 self.history["epoch_time"].append(time.perf_counter() - start)
-                self.history["loss"].append(mean_loss)
+                self.history["loss"].append(parallel.total(local) / n)
                 self._evaluate()
                 if bar is not None:
                     bar.set_postfix(self.summary(), refresh=False)
         finally:
+            self.net.gradient_hook = None
             if bar is not None:
                 bar.close()
         return self.history
@@ -150,10 +177,20 @@ class Trainer:
             f"overflowed. The learning rate is {self.optimizer.lr:g}: lower it")
 
     def _evaluate(self):
-        k = self.eval_sample
-        self.history["train_acc"].append(self.net.accuracy(self.x_train[:k], self.t_train[:k]))
+        self.history["train_acc"].append(self._accuracy(self.x_train, self.t_train))
         if self.x_test is not None:
-            self.history["test_acc"].append(self.net.accuracy(self.x_test[:k], self.t_test[:k]))
+            self.history["test_acc"].append(self._accuracy(self.x_test, self.t_test))
+
+    def _accuracy(self, x, t):
+        """Accuracy on the first ``eval_sample`` samples, each rank scoring its share."""
+        n = min(len(x), self.eval_sample or len(x))
+        if self.comm.size == 1:
+            return self.net.accuracy(x[:n], t[:n])
+        shard = self.parallel.shard(numpy.arange(n))
+        if len(shard) == 0:
+            return self.parallel.total(0.0) / n
+        local = slice(int(shard[0]), int(shard[-1]) + 1)
+        return self.parallel.total(self.net.accuracy(x[local], t[local]) * len(shard)) / n
 
     def summary(self) -> dict:
         """The last epoch's numbers, rounded for display."""

@@ -5,19 +5,16 @@ where mpi4py or mpiexec is missing) and never hang: a job past its time limit
 is killed with its whole process group and the test fails.
 """
 
-import importlib.util
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import numpy
 import pytest
+from mpi_jobs import HAVE_MPI4PY, HAVE_NUMBA, LAUNCHER_VARS, clean_env, mpiexec, needs_mpi, write_script
 
 from fastbp.distributed import (
     MPIUnavailableError,
@@ -29,45 +26,6 @@ from fastbp.distributed import (
 )
 from fastbp.nets import MultiLayerNet
 
-HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
-HAVE_NUMBA = importlib.util.find_spec("numba") is not None
-_NEXT_TO_PYTHON = Path(sys.executable).with_name("mpiexec")
-MPIEXEC = str(_NEXT_TO_PYTHON) if _NEXT_TO_PYTHON.exists() else shutil.which("mpiexec")
-needs_mpi = pytest.mark.skipif(
-    not (HAVE_MPI4PY and MPIEXEC),
-    reason="needs mpi4py and mpiexec: pip install \"fastbp[mpi]\"" if not HAVE_MPI4PY
-    else "needs mpiexec next to python or on PATH")
-
-_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
-_LAUNCHER_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
-
-
-def _clean_env(**extra):
-    """This environment without thread settings or an outer launcher's variables."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in _THREAD_VARS and not k.startswith(("PMI_", "HYDRA_", "OMPI_", "MV2_"))}
-    return {**env, **extra}
-
-
-def _mpiexec(n, args, timeout=60):
-    """Run ``mpiexec -n n python *args``; a job past ``timeout`` is killed and fails the test."""
-    cmd = [MPIEXEC, "-n", str(n), sys.executable, *map(str, args)]
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=_clean_env(), start_new_session=True) as proc:
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # mpiexec and every rank it started
-            out, err = proc.communicate()
-            pytest.fail(f"{' '.join(cmd)} ran past {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-
-
-def _script(tmp_path, name, source):
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(source))
-    return path
-
 
 def _expected_threads(ranks_on_node):
     return max(1, min(len(os.sched_getaffinity(0)), os.cpu_count() // ranks_on_node))
@@ -75,7 +33,7 @@ def _expected_threads(ranks_on_node):
 
 # ------------------------------------------------------------ one process
 def test_world_outside_mpi_is_one_process_whose_collectives_change_nothing(monkeypatch):
-    for var in _LAUNCHER_VARS:
+    for var in LAUNCHER_VARS:
         monkeypatch.delenv(var, raising=False)
     comm = world()
     assert isinstance(comm, SingleProcess) and (comm.rank, comm.size) == (0, 1)
@@ -111,7 +69,7 @@ def test_a_launcher_whose_ranks_mpi4py_cannot_see_is_an_error(monkeypatch):
 
 def test_asking_for_mpi_without_mpi4py_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "mpi4py", None)  # import mpi4py now raises ImportError
-    for var in _LAUNCHER_VARS:
+    for var in LAUNCHER_VARS:
         monkeypatch.delenv(var, raising=False)
     assert isinstance(world(), SingleProcess)  # not asked for: the same code runs alone
     with pytest.raises(MPIUnavailableError, match=r'pip install "fastbp\[mpi\]"') as info:
@@ -139,7 +97,7 @@ def test_mpi_info_names_mpi4py_and_the_library():
 def test_importing_fastbp_distributed_leaves_mpi4py_unimported():
     code = "import sys, fastbp, fastbp.distributed; print('mpi4py' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         timeout=60, env=_clean_env())
+                         timeout=60, env=clean_env())
     assert out.stdout.strip() == "False"
 
 
@@ -157,7 +115,7 @@ def test_limit_threads_shares_the_cores_unless_the_user_chose(user_setting):
         print(json.dumps([threads, before, after, os.environ.get("OPENBLAS_NUM_THREADS"), numba]))
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         timeout=60, env=_clean_env(**user_setting))
+                         timeout=60, env=clean_env(**user_setting))
     threads, before, after, env_setting, numba_threads = json.loads(out.stdout)
     if user_setting:
         assert threads is None and after == before and env_setting is None
@@ -229,8 +187,8 @@ _COLLECTIVES = """
 @needs_mpi
 @pytest.mark.parametrize("n", [2, 3])
 def test_collectives_across_ranks(tmp_path, n):
-    script = _script(tmp_path, "collectives.py", _COLLECTIVES)
-    result = _mpiexec(n, ["-m", "mpi4py", script, n])
+    script = write_script(tmp_path, "collectives.py", _COLLECTIVES)
+    result = mpiexec(n, ["-m", "mpi4py", script, n])
     assert result.returncode == 0, result.stdout + result.stderr
     odd = n - 1
     for r in range(n):
@@ -262,10 +220,10 @@ _FAULT = """
 @needs_mpi
 @pytest.mark.parametrize("mode, n", [("excepthook", 2), ("mpi4py-run", 3)])
 def test_a_failing_rank_ends_the_whole_job_quickly_and_is_named(tmp_path, mode, n):
-    script = _script(tmp_path, "fault.py", _FAULT)
+    script = write_script(tmp_path, "fault.py", _FAULT)
     args = [script, mode] if mode == "excepthook" else ["-m", "mpi4py", script, mode]
     start = time.perf_counter()
-    result = _mpiexec(n, args, timeout=30)
+    result = mpiexec(n, args, timeout=30)
     elapsed = time.perf_counter() - start
     assert result.returncode != 0 and elapsed < 10, (result.returncode, elapsed)
     assert "finished" not in result.stdout

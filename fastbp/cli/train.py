@@ -53,6 +53,9 @@ def add_train_command(commands):
     train.add_argument("--plot", default=None, metavar="PATH",
                        help="write a PNG of the loss and accuracy curves here")
     train.add_argument("--quiet", action="store_true", help="print only the result line")
+    train.add_argument("--distributed", action="store_true",
+                       help="data-parallel over the ranks of mpiexec (the mpi extra); rank 0 "
+                            "prints, saves and plots")
     train.set_defaults(run=cmd_train)
 
 
@@ -61,6 +64,17 @@ def _optimizer(name, lr):
 
     class_name, default_lr = OPTIMIZERS[name]
     return getattr(optim, class_name)(default_lr if lr is None else lr)
+
+
+def _communicator(distributed):
+    """All ranks of mpiexec for ``--distributed`` (an unhandled error on one aborts them all)."""
+    from fastbp.distributed import SingleProcess, install_abort_on_exception, world
+
+    if not distributed:
+        return SingleProcess()
+    comm = world(required=True)
+    install_abort_on_exception(comm)
+    return comm
 
 
 def _check_output_path(flag, path):
@@ -78,6 +92,9 @@ def cmd_train(args):
     from fastbp.train import Trainer, save_params
 
     optimizer = _optimizer(args.optimizer, args.lr)
+    comm = _communicator(args.distributed)
+    if comm.rank != 0:
+        args.quiet = True
     for flag, path in (("--save", args.save), ("--plot", args.plot)):
         if path is not None:
             _check_output_path(flag, path)
@@ -98,12 +115,19 @@ def cmd_train(args):
               f"{len(x_test)} test), backend {net.backend.name}, {net.dtype}, {args.optimizer} "
               f"lr {optimizer.lr:g}, batch {args.batch_size}, {args.epochs} epochs", flush=True)
     trainer = Trainer(net, optimizer, x_train, t_train, x_test, t_test, epochs=args.epochs,
-                      batch_size=args.batch_size, seed=args.seed, verbose=not args.quiet)
+                      batch_size=args.batch_size, seed=args.seed, verbose=not args.quiet,
+                      comm=comm)
     try:
         history = trainer.fit()
     except FloatingPointError as exc:  # diverged: one line, and no checkpoint or plot of it
-        print(f"fastbp train: error: {exc} (--lr sets the learning rate)", file=sys.stderr)
+        rank = f" (rank {comm.rank})" if comm.size > 1 else ""
+        print(f"fastbp train: error{rank}: {exc} (--lr sets the learning rate)", file=sys.stderr,
+              flush=True)
+        if comm.size > 1:  # the other ranks wait in a collective: end them all
+            comm.abort(1)
         return 1
+    if comm.rank != 0:  # rank 0 alone writes and reports
+        return 0
     if args.save is not None:
         save_params(net, args.save)
         if not args.quiet:

@@ -44,7 +44,7 @@ def test_textbook_step_equals_fastbp_numpy_step():
     net = TwoLayerNet(20, 16, 5, weight_init_std=0.5, seed=0, backend="numpy")
     book = textbook.TextbookNet(net.params)
     x, t = _batch()
-    book.train_step(x, t, 0.1)
+    book.train_step(x, t, textbook.SGD(0.1))
     net.train_step(x, t, SGD(0.1))
     for key, value in net.params.items():
         assert rel_error(book.params[key], value) <= 1e-12, key
@@ -55,14 +55,14 @@ def test_textbook_affine_computes_the_unused_first_dx():
     book = textbook.TextbookNet(TwoLayerNet(20, 16, 5, seed=0).params)
     x, t = _batch()
     book.gradient(x, t)
-    first = book.layers[0]
+    first = book.layers["Affine1"]
     assert first.backward(numpy.ones((32, 16))).shape == x.shape
 
 
 def test_floor_computes_the_five_products():
     rng = numpy.random.default_rng(1)
     x, W1, W2, dy = (rng.standard_normal(s) for s in [(8, 6), (6, 4), (4, 3), (8, 3)])
-    h, out, dW2, dh, dW1 = contenders.five_products(x, W1, W2, dy)()
+    h, out, dW2, dh, dW1 = contenders.step_products([x], [W1, W2], dy)()
     numpy.testing.assert_allclose(h, x @ W1)
     numpy.testing.assert_allclose(out, (x @ W1) @ W2)
     numpy.testing.assert_allclose(dW2, (x @ W1).T @ dy)

@@ -10,6 +10,7 @@ own modules.  Importing this package is cheap: the suites import their peers
 SUITES = {
     "gradients": "gradients",
     "train-step": "train_step",
+    "configurations": "configurations",
     "kernels": "kernels",
     "startup": "startup",
 }

@@ -42,6 +42,28 @@ def table(title: str, headers, rows, notes=()) -> str:
     return "\n".join(out) + "\n"
 
 
+def contender_names(groups) -> list:
+    """Every contender timed in some group, in the order first met."""
+    return list(dict.fromkeys(n for g in groups for n in g["timings"]))
+
+
+def time_table(title: str, first: str, groups, notes=()) -> str:
+    """Median time per call of each contender, one row per group (its label and dtype).
+
+    ``groups`` are measurements as the train-step suite records them
+    (``shape``, ``dtype``, ``timings``, ``skipped``); ``first`` heads the
+    label column.  The notes say the run's noise and what was skipped.
+    """
+    names = contender_names(groups)
+    rows = [(g["shape"], g["dtype"], *(seconds(g["timings"][n]["median_s"])
+                                       if n in g["timings"] else "-" for n in names))
+            for g in groups]
+    spreads = sorted(t["spread"] for g in groups for t in g["timings"].values())
+    noise = ([f"round-to-round spread (interquartile range / median): typically "
+              f"{spreads[len(spreads) // 2]:.0%}, at most {spreads[-1]:.0%}"] if spreads else [])
+    return table(title, (first, "dtype", *names), rows, [*noise, *notes, *skipped_lines(groups)])
+
+
 def skipped_lines(results) -> list:
     """``skipped NAME: why`` once per contender that some measurement had to leave out."""
     reasons = {}

@@ -1,15 +1,28 @@
-"""The baseline: the two-layer net as the textbook writes it, in plain NumPy.
+"""The baseline: the net and optimizers as the textbook writes them, in plain NumPy.
 
-This is the code fastbp starts from, kept here so that every speed-up is
-measured against it: one class per layer, ReLU through a boolean mask,
-softmax and cross-entropy as separate functions, SGD as ``p -= lr * g``, and
-an Affine layer that always computes its input gradient, so a step does six
-matrix products (the first layer's ``dx`` is computed and thrown away).
+This is the code fastbp starts from ("Deep Learning from Scratch": its
+``MultiLayerNetExtend``, layers and ``optimizer.py``), kept here so that every
+speed-up is measured against it: one class per layer, ReLU through a boolean
+mask, softmax and cross-entropy as separate functions, BatchNorm through the
+book's chain of intermediate gradients, weight decay added to each ``dW``, and
+optimizers that loop ``for key in params``.  Every Affine layer computes its
+input gradient, so a step does ``3L`` matrix products (the first layer's
+``dx`` is computed and thrown away).
+
+Two departures, neither of which changes the work done: the weight-decay
+terms are skipped when ``weight_decay_lambda`` is 0 (the book adds ``0 * W``),
+and Adam's ``eps`` is scaled by the same bias correction as its ``lr_t`` (the
+book adds a fixed ``1e-7`` to ``sqrt(v)``), so that the update is PyTorch's
+and fastbp's to rounding.  Scalars are Python floats, so float32 stays float32.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+# ------------------------------------------------------------------ layers
 
 
 class Relu:
@@ -39,6 +52,44 @@ class Affine:
         return dx
 
 
+class BatchNormalization:
+    """The book's BatchNorm; ``eps`` is its ``10e-7`` (that is 1e-6)."""
+
+    def __init__(self, gamma, beta, momentum=0.9):
+        self.gamma, self.beta, self.momentum = gamma, beta, momentum
+        self.running_mean = self.running_var = None
+
+    def forward(self, x, train_flg=True):
+        if self.running_mean is None:
+            self.running_mean = np.zeros(x.shape[1], x.dtype)
+            self.running_var = np.zeros(x.shape[1], x.dtype)
+        if train_flg:
+            mu = x.mean(axis=0)
+            xc = x - mu
+            var = np.mean(xc ** 2, axis=0)
+            std = np.sqrt(var + 10e-7)
+            xn = xc / std
+            self.batch_size, self.xc, self.xn, self.std = x.shape[0], xc, xn, std
+            self.running_mean = self.momentum * self.running_mean + (1 - self.momentum) * mu
+            self.running_var = self.momentum * self.running_var + (1 - self.momentum) * var
+        else:
+            xn = (x - self.running_mean) / np.sqrt(self.running_var + 10e-7)
+        return self.gamma * xn + self.beta
+
+    def backward(self, dout):
+        dbeta = dout.sum(axis=0)
+        dgamma = np.sum(self.xn * dout, axis=0)
+        dxn = self.gamma * dout
+        dxc = dxn / self.std
+        dstd = -np.sum((dxn * self.xc) / (self.std * self.std), axis=0)
+        dvar = 0.5 * dstd / self.std
+        dxc += (2.0 / self.batch_size) * self.xc * dvar
+        dmu = np.sum(dxc, axis=0)
+        dx = dxc - dmu / self.batch_size
+        self.dgamma, self.dbeta = dgamma, dbeta
+        return dx
+
+
 def softmax(x):
     x = x - np.max(x, axis=1, keepdims=True)
     e = np.exp(x)
@@ -64,34 +115,108 @@ class SoftmaxWithLoss:
         return dx * dout / n
 
 
-class TextbookNet:
-    """Affine -> Relu -> Affine -> SoftmaxWithLoss on its own copies of ``params``."""
+# --------------------------------------------------------------------- net
 
-    def __init__(self, params):
+
+class TextbookNet:
+    """Affine -> [BatchNorm] -> Relu -> ... -> Affine -> SoftmaxWithLoss on copies of ``params``.
+
+    The depth comes from the keys ``W1 ... WL``; BatchNorm follows every hidden
+    Affine when ``params`` holds ``gamma1`` (``gamma{i}``, ``beta{i}``).  The
+    layers share the arrays of ``self.params``, which the optimizers update in
+    place.
+    """
+
+    def __init__(self, params, weight_decay_lambda=0.0):
         self.params = {key: np.array(value) for key, value in params.items()}
-        self.layers = [Affine(self.params["W1"], self.params["b1"]), Relu(),
-                       Affine(self.params["W2"], self.params["b2"])]
+        self.weight_decay_lambda = weight_decay_lambda
+        p, self.n_layers = self.params, sum(1 for key in params if key.startswith("W"))
+        self.layers = {}
+        for i in range(1, self.n_layers + 1):
+            self.layers[f"Affine{i}"] = Affine(p[f"W{i}"], p[f"b{i}"])
+            if i < self.n_layers:
+                if f"gamma{i}" in p:
+                    self.layers[f"BatchNorm{i}"] = BatchNormalization(p[f"gamma{i}"], p[f"beta{i}"])
+                self.layers[f"Relu{i}"] = Relu()
         self.last_layer = SoftmaxWithLoss()
 
-    def loss(self, x, t):
-        for layer in self.layers:
-            x = layer.forward(x)
-        return self.last_layer.forward(x, t)
+    def predict(self, x, train_flg=False):
+        for key, layer in self.layers.items():
+            x = layer.forward(x, train_flg) if key.startswith("BatchNorm") else layer.forward(x)
+        return x
+
+    def loss(self, x, t, train_flg=False):
+        loss = self.last_layer.forward(self.predict(x, train_flg), t)
+        if self.weight_decay_lambda:
+            for i in range(1, self.n_layers + 1):
+                loss += 0.5 * self.weight_decay_lambda * np.sum(self.params[f"W{i}"] ** 2)
+        return loss
 
     def gradient(self, x, t):
         return self._loss_and_gradient(x, t)[1]
 
     def _loss_and_gradient(self, x, t):
-        loss = self.loss(x, t)
+        loss = self.loss(x, t, train_flg=True)
         dout = self.last_layer.backward(1)
-        for layer in reversed(self.layers):
+        for layer in reversed(self.layers.values()):
             dout = layer.backward(dout)
-        first, _, second = self.layers
-        return loss, {"W1": first.dW, "b1": first.db, "W2": second.dW, "b2": second.db}
+        grads = {}
+        for i in range(1, self.n_layers + 1):
+            affine = self.layers[f"Affine{i}"]
+            grads[f"W{i}"] = affine.dW
+            if self.weight_decay_lambda:
+                grads[f"W{i}"] = affine.dW + self.weight_decay_lambda * self.params[f"W{i}"]
+            grads[f"b{i}"] = affine.db
+            if f"BatchNorm{i}" in self.layers:
+                batchnorm = self.layers[f"BatchNorm{i}"]
+                grads[f"gamma{i}"], grads[f"beta{i}"] = batchnorm.dgamma, batchnorm.dbeta
+        return loss, grads
 
-    def train_step(self, x, t, lr):
-        """One SGD step, as the textbook's training loop does it; returns the loss before it."""
+    def train_step(self, x, t, optimizer):
+        """One step of the textbook's training loop; returns the loss before it."""
         loss, grads = self._loss_and_gradient(x, t)
-        for key in self.params:
-            self.params[key] -= lr * grads[key]
+        optimizer.update(self.params, grads)
         return loss
+
+
+# -------------------------------------------------------------- optimizers
+
+
+class SGD:
+    def __init__(self, lr=0.01):
+        self.lr = lr
+
+    def update(self, params, grads):
+        for key in params:
+            params[key] -= self.lr * grads[key]
+
+
+class Momentum:
+    def __init__(self, lr=0.01, momentum=0.9):
+        self.lr, self.momentum, self.v = lr, momentum, None
+
+    def update(self, params, grads):
+        if self.v is None:
+            self.v = {key: np.zeros_like(value) for key, value in params.items()}
+        for key in params:
+            self.v[key] = self.momentum * self.v[key] - self.lr * grads[key]
+            params[key] += self.v[key]
+
+
+class Adam:
+    def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8):
+        self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
+        self.iter, self.m, self.v = 0, None, None
+
+    def update(self, params, grads):
+        if self.m is None:
+            self.m = {key: np.zeros_like(value) for key, value in params.items()}
+            self.v = {key: np.zeros_like(value) for key, value in params.items()}
+        self.iter += 1
+        correction = math.sqrt(1.0 - self.beta2 ** self.iter)
+        lr_t = self.lr * correction / (1.0 - self.beta1 ** self.iter)
+        eps_t = self.eps * correction
+        for key in params:
+            self.m[key] += (1 - self.beta1) * (grads[key] - self.m[key])
+            self.v[key] += (1 - self.beta2) * (grads[key] ** 2 - self.v[key])
+            params[key] -= lr_t * self.m[key] / (np.sqrt(self.v[key]) + eps_t)

@@ -31,13 +31,16 @@ class Contender:
     clock starts and before it is read, so every call's device work lies
     inside the timed window.  ``before`` is an untimed call made before every
     timed call (to set up a condition, such as another library's busy thread
-    pool); a contender with ``before`` is timed call by call.
+    pool); a contender with ``before`` is timed call by call.  ``params``,
+    where given, returns the contender's current parameters as NumPy arrays
+    keyed like fastbp's: the tests compare contenders by it, nothing times it.
     """
 
     name: str
     fn: Callable[[], object]
     sync: Callable[[], object] | None = None
     before: Callable[[], object] | None = None
+    params: Callable[[], dict] | None = None
 
 
 @dataclass
@@ -141,6 +144,26 @@ def interleaved(contenders, rounds: int, round_s: float = 0.03, pause_s: float =
             run_round(c, 1)  # untimed: wakes the threads that settling let sleep
             timing = timings[c.name]
             timing.samples.append(run_round(c, timing.calls_per_round) / timing.calls_per_round)
+    return timings
+
+
+def alternated(runs: dict, rounds: int, warmup: int = 1, pause_s: float = 0.015) -> dict:
+    """Median of self-timed calls, alternated call by call: A B C A B C ...
+
+    For work long enough to time alone that reports its own time (a
+    training epoch, which leaves evaluation out): ``runs`` maps a name to
+    ``fn(i) -> seconds``, where the ``i``-th call of every contender does the
+    same work (``i`` counts from 0, the ``warmup`` untimed calls included).
+    Returns ``{name: Timing}`` with one sample per round, in ``runs``' order.
+    """
+    for i in range(warmup):
+        for fn in runs.values():
+            fn(i)
+    timings = {name: Timing(name, 1) for name in runs}
+    for r in range(rounds):
+        for name, fn in runs.items():
+            settle(pause_s)
+            timings[name].samples.append(fn(warmup + r))
     return timings
 
 

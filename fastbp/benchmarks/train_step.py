@@ -64,13 +64,18 @@ def _torch_devices():
     return torch.cuda.is_available()
 
 
-def measure_group(shape: Shape, dtype: str, device: str, names, settings) -> dict:
-    """Time the contenders ``names`` on one shape and dtype, interleaved."""
+def measure_group(shape, dtype: str, device: str, names, settings, fastest: bool = False) -> dict:
+    """Time the contenders ``names`` on one shape (or :class:`Config`) and dtype, interleaved.
+
+    The hero, whom the speed-ups compare with, is the first of ``HEROES[device]``
+    measured, or with ``fastest`` the fastest of them.
+    """
     skipped = {}
     contenders = make_contenders(Problem(shape, dtype), names, skipped)
     timings = interleaved(contenders, settings.rounds, settings.round_s)
     medians = {name: t.median for name, t in timings.items()}
-    hero = next((h for h in HEROES[device] if h in medians), None)
+    heroes = [h for h in HEROES[device] if h in medians]
+    hero = (min(heroes, key=medians.get) if fastest else heroes[0]) if heroes else None
     return {"device": device, "shape": shape.label, "params": shape.n_params, "dtype": dtype,
             "hero": hero, "timings": {name: t.as_dict() for name, t in timings.items()},
             "speedup": {name: medians[name] / medians[hero] for name in medians} if hero else {},
@@ -161,17 +166,10 @@ def table(result: dict) -> str:
 
 
 def _device_tables(device, groups) -> str:
-    names = list(dict.fromkeys(n for g in groups for n in g["timings"]))
-    time_rows = [(g["shape"], g["dtype"], *(report.seconds(g["timings"][n]["median_s"])
-                                           if n in g["timings"] else "-" for n in names))
-                 for g in groups]
+    names = report.contender_names(groups)
     hero = groups[0]["hero"]
-    spreads = sorted(t["spread"] for g in groups for t in g["timings"].values())
-    noise = (f"round-to-round spread (interquartile range / median): typically "
-             f"{spreads[len(spreads) // 2]:.0%}, at most {spreads[-1]:.0%}")
-    text = report.table(f"Train step (SGD), {device.upper()}: median time per step, "
-                        "interleaved rounds", ("shape", "dtype", *names), time_rows,
-                        [noise, *report.skipped_lines(groups)])
+    text = report.time_table(f"Train step (SGD), {device.upper()}: median time per step, "
+                             "interleaved rounds", "shape", groups)
     if not hero:
         return text
     others = [n for n in names if n != hero and not n.startswith("floor")]

@@ -206,7 +206,7 @@ class MultiLayerNet:
     def _weight_decay(self):
         if not self.weight_decay_lambda:
             return 0
-        total = sum((W ** 2).sum() for W in self._W)
+        total = sum(self.backend.xp.vdot(W, W) for W in self._W)  # no temporary array
         return 0.5 * self.weight_decay_lambda * total
 
     def _loss(self, x, t, train_flg=True):

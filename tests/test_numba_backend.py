@@ -17,13 +17,13 @@ if "numba" not in fastbp.available_backends():
 import numba  # noqa: E402
 
 from fastbp.backends import numba_backend, numba_blas  # noqa: E402
-from fastbp.backends.numba_kernels import dense, elementwise, softmax, tiny, updates  # noqa: E402
+from fastbp.backends.numba_kernels import batchnorm, dense, elementwise, softmax, tiny, updates  # noqa: E402
 from fastbp.nets import MultiLayerNet  # noqa: E402
 from fastbp.optim import SGD  # noqa: E402
 
 NUMBA = fastbp.get_backend("numba")
 #: every module of compiled kernels; a new kernel module goes here too
-KERNEL_MODULES = (elementwise, dense, softmax, updates, tiny, numba_blas)
+KERNEL_MODULES = (elementwise, dense, softmax, batchnorm, updates, tiny, numba_blas)
 
 
 def _problem(sizes, batch, dtype, one_hot, seed=0):
@@ -208,7 +208,7 @@ _FLOAT32_PROBE = """
 import re, numpy as np, numba
 from fastbp.nets import MultiLayerNet
 from fastbp.optim import SGD, Adam, Momentum
-from fastbp.backends.numba_kernels import dense, elementwise, softmax, tiny, updates
+from fastbp.backends.numba_kernels import batchnorm, dense, elementwise, softmax, tiny, updates
 for sizes, batch, activation in [((2, 8, 2), 50, "relu"), ((2, 8, 2), 50, "sigmoid"),
                                  ((3, 6, 4), 50, "relu"), ((60, 40, 10), 64, "relu"),
                                  ((60, 40, 10), 64, "sigmoid"), ((4, 8, 64), 512, "relu")]:
@@ -219,7 +219,9 @@ for sizes, batch, activation in [((2, 8, 2), 50, "relu"), ((2, 8, 2), 50, "sigmo
     net.train_step(x, t, SGD(0.1)); net.gradient(x, t); net.train_step(x, t, Adam())
     net.train_step(x, t, Momentum())
     net.train_step(x, np.eye(sizes[-1], dtype=np.float32)[t], SGD(0.1))
-for module in (elementwise, dense, softmax, updates, tiny):
+bn = MultiLayerNet(6, [5], 3, use_batchnorm=True, seed=0, backend="numba", dtype="float32")
+bn.train_step(np.ones((8, 6), np.float32), np.arange(8) % 3, Adam()); bn.predict(np.ones((8, 6), np.float32))
+for module in (elementwise, dense, softmax, batchnorm, updates, tiny):
     kernels = {name: obj for name, obj in vars(module).items()  # defined here, not imported
                if isinstance(obj, numba.core.registry.CPUDispatcher)
                and obj.py_func.__module__ == module.__name__}
@@ -237,6 +239,7 @@ def test_float32_kernels_do_no_float64_arithmetic(tmp_path):
     rows = [line.split() for line in _run(_FLOAT32_PROBE, NUMBA_CACHE_DIR=str(tmp_path)).splitlines()]
     names = {name for name, _, _ in rows}
     assert {"_softmax_xent_serial", "_softmax_xent_parallel", "tiny_mlp_sgd_step",
-            "act_backward_col_sums", "bias_act_forward", "optimizer_update"} <= names
+            "act_backward_col_sums", "bias_act_forward", "optimizer_update", "batchnorm_forward",
+            "batchnorm_backward"} <= names
     assert all(int(float_ops) > 0 for _, float_ops, _ in rows)
     assert [name for name, _, double_ops in rows if int(double_ops)] == []

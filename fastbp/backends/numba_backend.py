@@ -31,7 +31,7 @@ if not os.environ.get("NUMBA_THREADING_LAYER"):
 
 from fastbp.backends import numba_blas  # noqa: E402  (after the layer is chosen)
 from fastbp.backends.numba_blas import gemm  # noqa: E402
-from fastbp.backends.numba_kernels import dense, elementwise, softmax, tiny, updates  # noqa: E402
+from fastbp.backends.numba_kernels import batchnorm, dense, elementwise, softmax, tiny, updates  # noqa: E402
 from fastbp.backends.numpy_backend import NumpyBackend, adam_step_size
 
 _FLOATS = frozenset((np.dtype(np.float32), np.dtype(np.float64)))
@@ -152,6 +152,26 @@ class NumbaBackend(NumpyBackend):
         dx = np.empty(probs.shape, dtype=dtype)
         softmax.softmax_xent_backward(probs, t, dx, 1.0 / probs.shape[0])
         return dx
+
+    # -------------------------------------------------------------- batchnorm
+    def batchnorm_forward(self, x, gamma, beta, running_mean, running_var, momentum, eps,
+                          train_flg):
+        if not _floats(x, gamma, beta, running_mean, running_var):
+            return super().batchnorm_forward(x, gamma, beta, running_mean, running_var, momentum,
+                                             eps, train_flg)
+        out, xn = np.empty(x.shape, dtype=x.dtype), np.empty(x.shape, dtype=x.dtype)
+        inv_std = np.empty(x.shape[1], dtype=x.dtype)
+        batchnorm.batchnorm_forward(x, gamma, beta, running_mean, running_var, float(momentum),
+                                    float(eps), bool(train_flg), out, xn, inv_std)
+        return out, xn, inv_std
+
+    def batchnorm_backward(self, dout, xn, inv_std, gamma, train_flg):
+        if not _floats(dout, xn, inv_std, gamma):
+            return super().batchnorm_backward(dout, xn, inv_std, gamma, train_flg)
+        dx = np.empty(dout.shape, dtype=dout.dtype)
+        dgamma, dbeta = (np.empty(dout.shape[1], dtype=dout.dtype) for _ in range(2))
+        batchnorm.batchnorm_backward(dout, xn, inv_std, gamma, bool(train_flg), dx, dgamma, dbeta)
+        return dx, dgamma, dbeta
 
     # ------------------------------------------------------------- optimizers
     # Each runs the fused kernel when it can, else the reference.

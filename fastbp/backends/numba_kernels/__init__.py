@@ -9,6 +9,7 @@ imports it, so ``import fastbp`` never loads numba):
 - :mod:`.dense`: a dense layer's bias + activation forward, the activation
   backward, column sums (bias gradients);
 - :mod:`.softmax`: softmax + cross-entropy and its gradient, the label range;
+- :mod:`.batchnorm`: BatchNorm forward (statistics and running averages) and backward;
 - :mod:`.updates`: the fused optimizer updates and their kind codes;
 - :mod:`.tiny`: a whole SGD step of a tiny net as one compiled call.
 

@@ -273,6 +273,8 @@ class DataParallel:
         self._weight = 1.0
         if comm.size == 1:
             return
+        if net.backend.gpu:
+            raise NotImplementedError(f"DataParallel: {_GPU_MESSAGE}")
         broadcast_net(comm, net)
         for layer in net.layers.values():
             if getattr(layer, "seed", None) is not None and hasattr(layer, "rng"):

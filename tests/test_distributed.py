@@ -232,3 +232,19 @@ def test_a_failing_rank_ends_the_whole_job_quickly_and_is_named(tmp_path, mode, 
         assert "fastbp: rank 1 failed: RuntimeError: injected fault on step 3" in result.stderr
     else:
         assert "rank 1" in result.stderr  # the MPI library's abort message
+
+
+def test_data_parallel_on_a_gpu_backend_is_refused_clearly(monkeypatch):
+    """NCCL is not implemented: a GPU net is refused before any collective, never crashed on."""
+    from fastbp.distributed import DataParallel
+
+    class TwoRanks(SingleProcess):
+        size = 2
+
+        def allgather(self, obj):
+            raise AssertionError("no collective may run")
+
+    net = MultiLayerNet(4, [3], 2, seed=0)
+    monkeypatch.setattr(net.backend, "gpu", True)
+    with pytest.raises(NotImplementedError, match="needs NCCL.*never hands a GPU pointer to MPI"):
+        DataParallel(TwoRanks(), net)

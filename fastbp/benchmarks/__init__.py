@@ -13,4 +13,5 @@ SUITES = {
     "configurations": "configurations",
     "kernels": "kernels",
     "startup": "startup",
+    "distributed": "distributed",
 }

@@ -45,6 +45,6 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, ImportError) as exc:
+    except (ValueError, ImportError, NotImplementedError) as exc:
         print(f"fastbp {args.command}: error: {exc}", file=sys.stderr)
         return 2

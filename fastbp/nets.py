@@ -160,7 +160,8 @@ class MultiLayerNet:
         self._b = [p[f"b{i}"] for i in range(1, self.n_layers + 1)]
         self._hidden = [(self.layers.get(f"BatchNorm{i}"), self.layers.get(f"Dropout{i}"))
                         for i in range(1, self.n_layers)]
-        self._plain = not (self.weight_decay_lambda or self.use_dropout or self.use_batchnorm)
+        #: a backend may run the whole step as one call (no layer between product and activation)
+        self._fusable = not (self.use_dropout or self.use_batchnorm)
 
     # ------------------------------------------------------------- validation
     def _prepare(self, x, t=None, where="forward", check_labels=True):
@@ -285,13 +286,16 @@ class MultiLayerNet:
         checks a whole data set once).
         """
         x, t = self._prepare(x, t, where="train_step", check_labels=check_labels)
-        lr = optimizer.whole_step_lr
-        if lr is not None and self._plain and self.gradient_hook is None:
-            loss = self.backend.tiny_sgd_step(x, t, self._W, self._b, self.activation, lr,
-                                              check_finite)
+        whole = self._fusable and self.gradient_hook is None
+        rule = optimizer.flat_rule(self.params, self.backend) if whole else None
+        if rule is not None:
+            loss = self.backend.whole_step(x, t, self._W, self._b, self.params.flat,
+                                           self.grads.flat, self.activation,
+                                           self.weight_decay_lambda, rule, check_finite)
             if loss is not None:  # the backend ran the whole step as one call
                 if check_finite and not math.isfinite(loss):  # and updated nothing
                     raise NonFiniteLossError(f"{type(self).__name__}.train_step", loss)
+                optimizer.count_flat(self.params)
                 return loss
         return self._step(x, t, optimizer, check_finite)
 

@@ -52,7 +52,8 @@ def clip_by_global_norm(grads, max_norm, backend=None):
 
 
 class Optimizer:
-    """Validation, clipping and lazy state; each subclass's ``_rule`` is its update, written once.
+    """Validation, clipping and lazy state; each subclass's ``update_rule`` is its update,
+    written once: the backend's fused update it calls, with which hyper-parameters.
 
     Two ways in, one rule: ``update(params, grads)`` (the textbook contract,
     any dicts) runs ``_rule`` per parameter; a net's ``train_step`` either
@@ -109,11 +110,30 @@ class Optimizer:
             for key in params:
                 self.update_one(backend, key, params[key], grads[key])
             return
-        step = steps.pop() + 1
-        for key in params:
-            self.step[key] = step
+        self.count_flat(params)
         self._rule(backend, params.flat, grads.flat,
-                   [self._flat_state(backend, name, params) for name in self.state_names], step)
+                   [self._flat_state(backend, name, params) for name in self.state_names],
+                   steps.pop() + 1)
+
+    def flat_rule(self, params, backend):
+        """``(update, hyper-parameters, flat state)`` of the next one-pass update of ``params``.
+
+        For a backend that runs a whole step as one call: ``update`` names the
+        backend's fused update (``"adam_update"``, ...), called as
+        ``update(param, grad, *state, *hyper)``.  None when the update cannot be
+        one pass (clipping, parameters at different steps).  Call
+        ``count_flat(params)`` once it has been applied.
+        """
+        steps = {self.step.get(key, 0) for key in params}
+        if self.clip_norm is not None or len(steps) > 1:
+            return None
+        name, hyper = self.update_rule(steps.pop() + 1)
+        return name, hyper, [self._flat_state(backend, n, params) for n in self.state_names]
+
+    def count_flat(self, params):
+        """One more update of every parameter of ``params``."""
+        for key in params:
+            self.step[key] = self.step.get(key, 0) + 1
 
     @property
     def folds_products(self) -> bool:
@@ -123,11 +143,6 @@ class Optimizer:
     def fold_weight(self, backend, key, W, a, d, decay):
         """Update ``W`` from its gradient ``a.T @ d + decay * W`` without materialising it."""
         raise NotImplementedError(f"{type(self).__name__} does not fold its update into a product")
-
-    @property
-    def whole_step_lr(self):
-        """The learning rate when the rule is plain SGD, which a backend may run as one call."""
-        return None
 
     def _check(self, params, grads):
         name = f"{type(self).__name__}.update"
@@ -172,6 +187,11 @@ class Optimizer:
     def _rule(self, backend, param, grad, state, step):
         """In place: the update of ``param`` from ``grad`` with the state arrays ``state``
         (in ``state_names`` order); ``step`` counts this parameter's updates from 1."""
+        name, hyper = self.update_rule(step)
+        getattr(backend, name)(param, grad, *state, *hyper)
+
+    def update_rule(self, step):
+        """``(name of the backend's fused update, its hyper-parameters)`` for update ``step``."""
         raise NotImplementedError
 
 
@@ -189,16 +209,12 @@ class SGD(Optimizer):
     def folds_products(self):
         return self.clip_norm is None  # clipping needs the whole gradient first
 
-    @property
-    def whole_step_lr(self):
-        return self.lr if self.clip_norm is None else None
-
     def fold_weight(self, backend, key, W, a, d, decay):
         self.step[key] = self.step.get(key, 0) + 1
         backend.gemm(a, d, W, trans_a=True, alpha=-self.lr, beta=1 - self.lr * decay)
 
-    def _rule(self, backend, param, grad, state, step):
-        backend.sgd_update(param, grad, self.lr)
+    def update_rule(self, step):
+        return "sgd_update", (self.lr,)
 
 
 class Momentum(Optimizer):
@@ -225,8 +241,8 @@ class Momentum(Optimizer):
         backend.gemm(a, d, v, trans_a=True, alpha=-self.lr, beta=self.momentum)
         backend.apply_velocity(W, v, self.lr * decay)
 
-    def _rule(self, backend, param, grad, state, step):
-        backend.momentum_update(param, grad, state[0], self.lr, self.momentum)
+    def update_rule(self, step):
+        return "momentum_update", (self.lr, self.momentum)
 
 
 class Nesterov(Momentum):
@@ -243,8 +259,8 @@ class Nesterov(Momentum):
     def folds_products(self):
         return False
 
-    def _rule(self, backend, param, grad, state, step):
-        backend.nesterov_update(param, grad, state[0], self.lr, self.momentum)
+    def update_rule(self, step):
+        return "nesterov_update", (self.lr, self.momentum)
 
 
 class AdaGrad(Optimizer):
@@ -259,8 +275,8 @@ class AdaGrad(Optimizer):
         super().__init__(lr, clip_norm)
         self.eps = _positive(self, "eps", eps)
 
-    def _rule(self, backend, param, grad, state, step):
-        backend.adagrad_update(param, grad, state[0], self.lr, self.eps)
+    def update_rule(self, step):
+        return "adagrad_update", (self.lr, self.eps)
 
 
 class RMSprop(Optimizer):
@@ -277,8 +293,8 @@ class RMSprop(Optimizer):
         self.decay_rate = _fraction(self, "decay_rate", decay_rate)
         self.eps = _positive(self, "eps", eps)
 
-    def _rule(self, backend, param, grad, state, step):
-        backend.rmsprop_update(param, grad, state[0], self.lr, self.decay_rate, self.eps)
+    def update_rule(self, step):
+        return "rmsprop_update", (self.lr, self.decay_rate, self.eps)
 
 
 class Adam(Optimizer):
@@ -296,5 +312,5 @@ class Adam(Optimizer):
         self.beta2 = _fraction(self, "beta2", beta2)
         self.eps = _positive(self, "eps", eps)
 
-    def _rule(self, backend, param, grad, state, step):
-        backend.adam_update(param, grad, *state, self.lr, self.beta1, self.beta2, step, self.eps)
+    def update_rule(self, step):
+        return "adam_update", (self.lr, self.beta1, self.beta2, step, self.eps)

@@ -17,13 +17,13 @@ if "numba" not in fastbp.available_backends():
 import numba  # noqa: E402
 
 from fastbp.backends import numba_backend, numba_blas  # noqa: E402
-from fastbp.backends.numba_kernels import batchnorm, dense, elementwise, softmax, tiny, updates  # noqa: E402
+from fastbp.backends.numba_kernels import batchnorm, dense, elementwise, softmax, tiny, updates, whole  # noqa: E402
 from fastbp.nets import MultiLayerNet  # noqa: E402
 from fastbp.optim import SGD  # noqa: E402
 
 NUMBA = fastbp.get_backend("numba")
 #: every module of compiled kernels; a new kernel module goes here too
-KERNEL_MODULES = (elementwise, dense, softmax, batchnorm, updates, tiny, numba_blas)
+KERNEL_MODULES = (elementwise, dense, softmax, batchnorm, updates, tiny, whole, numba_blas)
 
 
 def _problem(sizes, batch, dtype, one_hot, seed=0):
@@ -65,12 +65,35 @@ def _count_products(monkeypatch):
 
 
 def test_every_product_of_a_step_goes_through_one_gemm(monkeypatch):
-    """Five products for a two-layer step (the first layer's dx is skipped), all via one BLAS."""
+    """Five products for a two-layer step (the first layer's dx is skipped), all via one BLAS.
+
+    A batch large enough that SGD folds into the products instead of running the
+    whole-step kernel, which calls the same compiled gemm from inside.
+    """
     calls = _count_products(monkeypatch)
-    x, t = _problem((60, 40, 10), 64, "float64", False)
+    x, t = _problem((60, 40, 10), 2048, "float64", False)
+    assert x.shape[0] * (60 * 40 + 40 + 40 * 10 + 10) > numba_backend.WHOLE_STEP_FLOPS
     net = MultiLayerNet(60, [40], 10, seed=0, backend="numba")
     net.train_step(x, t, SGD(lr=0.1))
     assert len(calls) == 5
+    assert whole._numpy_blas_gemm is numba_blas._numpy_blas_gemm
+
+
+@pytest.mark.parametrize("sizes, batch, optimizer", [
+    ((64, 100, 100, 10), 32, "adam"),     # the whole-step kernel: a small net
+    ((784, 100, 100, 10), 100, "adam"),   # the kernel: Adam cannot fold
+    ((784, 100, 100, 10), 100, "momentum"),  # folds into the products instead
+])
+def test_which_path_a_step_takes(monkeypatch, sizes, batch, optimizer):
+    from fastbp.optim import Adam, Momentum
+
+    ran = []
+    real = whole.mlp_step
+    monkeypatch.setattr(whole, "mlp_step", lambda *a: ran.append(1) or real(*a))
+    x, t = _problem(sizes, batch, "float64", False)
+    net = MultiLayerNet(sizes[0], list(sizes[1:-1]), sizes[-1], seed=0, backend="numba")
+    net.train_step(x, t, {"adam": Adam, "momentum": Momentum}[optimizer]())
+    assert len(ran) == (optimizer == "adam")
 
 
 def test_layer_products_also_use_the_one_gemm(monkeypatch):
@@ -208,7 +231,7 @@ _FLOAT32_PROBE = """
 import re, numpy as np, numba
 from fastbp.nets import MultiLayerNet
 from fastbp.optim import SGD, Adam, Momentum
-from fastbp.backends.numba_kernels import batchnorm, dense, elementwise, softmax, tiny, updates
+from fastbp.backends.numba_kernels import batchnorm, dense, elementwise, softmax, tiny, updates, whole
 for sizes, batch, activation in [((2, 8, 2), 50, "relu"), ((2, 8, 2), 50, "sigmoid"),
                                  ((3, 6, 4), 50, "relu"), ((60, 40, 10), 64, "relu"),
                                  ((60, 40, 10), 64, "sigmoid"), ((4, 8, 64), 512, "relu")]:
@@ -221,7 +244,7 @@ for sizes, batch, activation in [((2, 8, 2), 50, "relu"), ((2, 8, 2), 50, "sigmo
     net.train_step(x, np.eye(sizes[-1], dtype=np.float32)[t], SGD(0.1))
 bn = MultiLayerNet(6, [5], 3, use_batchnorm=True, seed=0, backend="numba", dtype="float32")
 bn.train_step(np.ones((8, 6), np.float32), np.arange(8) % 3, Adam()); bn.predict(np.ones((8, 6), np.float32))
-for module in (elementwise, dense, softmax, batchnorm, updates, tiny):
+for module in (elementwise, dense, softmax, batchnorm, updates, tiny, whole):
     kernels = {name: obj for name, obj in vars(module).items()  # defined here, not imported
                if isinstance(obj, numba.core.registry.CPUDispatcher)
                and obj.py_func.__module__ == module.__name__}
@@ -240,6 +263,6 @@ def test_float32_kernels_do_no_float64_arithmetic(tmp_path):
     names = {name for name, _, _ in rows}
     assert {"_softmax_xent_serial", "_softmax_xent_parallel", "tiny_mlp_sgd_step",
             "act_backward_col_sums", "bias_act_forward", "optimizer_update", "batchnorm_forward",
-            "batchnorm_backward"} <= names
+            "batchnorm_backward", "mlp_step"} <= names
     assert all(int(float_ops) > 0 for _, float_ops, _ in rows)
     assert [name for name, _, double_ops in rows if int(double_ops)] == []

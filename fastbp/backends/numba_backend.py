@@ -31,13 +31,16 @@ if not os.environ.get("NUMBA_THREADING_LAYER"):
 
 from fastbp.backends import numba_blas  # noqa: E402  (after the layer is chosen)
 from fastbp.backends.numba_blas import gemm  # noqa: E402
-from fastbp.backends.numba_kernels import batchnorm, dense, elementwise, softmax, tiny, updates  # noqa: E402
+from fastbp.backends.numba_kernels import batchnorm, dense, elementwise, softmax, tiny, updates, whole  # noqa: E402
 from fastbp.backends.numpy_backend import NumpyBackend, adam_step_size
 
 _FLOATS = frozenset((np.dtype(np.float32), np.dtype(np.float64)))
 _ACTIVATIONS = {"identity": elementwise.IDENTITY, "relu": elementwise.RELU, "sigmoid": elementwise.SIGMOID}
 #: multiply-adds per step below which one compiled call with plain loops beats BLAS
 TINY_STEP_FLOPS = 1 << 16
+#: batch x parameters below which the plain-net kernel beats folding SGD/Momentum into products
+WHOLE_STEP_FLOPS = 1 << 22
+_FOLDING = ("sgd_update", "momentum_update")
 
 
 def _floats(*arrays):
@@ -59,8 +62,29 @@ def _contiguous_like(out, a):
     return out.dtype == a.dtype and out.flags.c_contiguous
 
 
-def _fused_update(kind, arrays, constants):
-    """Run optimizer update ``kind`` on flat views of ``arrays`` (param, grad, state...).
+#: each fused update by name: its kernel kind, and its constants from the hyper-parameters,
+#: in the order the kernel (and the reference) applies them
+_UPDATE_KERNELS = {
+    "sgd_update": (updates.SGD, lambda lr: (lr,)),
+    "momentum_update": (updates.MOMENTUM, lambda lr, momentum: (lr, momentum)),
+    "nesterov_update": (updates.NESTEROV, lambda lr, momentum: (lr, momentum)),
+    "adagrad_update": (updates.ADAGRAD, lambda lr, eps: (lr, eps, 0, 0)),
+    "rmsprop_update": (updates.RMSPROP,
+                       lambda lr, decay, eps: (lr, eps, decay, 1 - decay)),
+    "adam_update": (updates.ADAM, lambda lr, beta1, beta2, step, eps: (
+        *adam_step_size(lr, beta1, beta2, step, eps), beta1, 1 - beta1, beta2, 1 - beta2)),
+    "apply_velocity": (updates.APPLY_VELOCITY, lambda decay: (decay,)),
+}
+
+
+def _kernel_update(name, hyper, dtype):
+    """``(kind, constants)`` of the fused update ``name`` for arrays of ``dtype``."""
+    kind, constants = _UPDATE_KERNELS[name]
+    return kind, np.array(constants(*hyper), dtype=dtype)
+
+
+def _fused_update(name, arrays, hyper):
+    """Run the fused update ``name`` on flat views of ``arrays`` (param, grad, state...).
 
     Returns False, changing nothing, when the arrays are not one float dtype
     and C-contiguous (the caller then runs the reference).
@@ -69,13 +93,17 @@ def _fused_update(kind, arrays, constants):
     if dtype not in _FLOATS or not all(a.dtype == dtype and a.flags.c_contiguous for a in arrays):
         return False
     flat = [a.reshape(-1) for a in arrays] + [arrays[0].reshape(-1)] * (4 - len(arrays))
-    updates.optimizer_update(kind, *flat, np.array(constants, dtype=dtype))
+    kind, constants = _kernel_update(name, hyper, dtype)
+    updates.optimizer_update(kind, *flat, constants)
     return True
 
 
 class NumbaBackend(NumpyBackend):
     name = "numba"
     compiled_kernels = True
+
+    def __init__(self):
+        self._scratches = {}  # dtype -> the whole-step kernel's scratch, grown as needed
 
     def info(self) -> dict:
         cache = os.environ.get("NUMBA_CACHE_DIR") or "(next to the fastbp sources, __pycache__)"
@@ -176,30 +204,27 @@ class NumbaBackend(NumpyBackend):
     # ------------------------------------------------------------- optimizers
     # Each runs the fused kernel when it can, else the reference.
     def sgd_update(self, param, grad, lr):
-        if not _fused_update(updates.SGD, (param, grad), (lr,)):
+        if not _fused_update("sgd_update", (param, grad), (lr,)):
             super().sgd_update(param, grad, lr)
 
     def momentum_update(self, param, grad, velocity, lr, momentum):
-        if not _fused_update(updates.MOMENTUM, (param, grad, velocity), (lr, momentum)):
+        if not _fused_update("momentum_update", (param, grad, velocity), (lr, momentum)):
             super().momentum_update(param, grad, velocity, lr, momentum)
 
     def nesterov_update(self, param, grad, velocity, lr, momentum):
-        if not _fused_update(updates.NESTEROV, (param, grad, velocity), (lr, momentum)):
+        if not _fused_update("nesterov_update", (param, grad, velocity), (lr, momentum)):
             super().nesterov_update(param, grad, velocity, lr, momentum)
 
     def adagrad_update(self, param, grad, h, lr, eps):
-        if not _fused_update(updates.ADAGRAD, (param, grad, h), (lr, eps, 0, 0)):
+        if not _fused_update("adagrad_update", (param, grad, h), (lr, eps)):
             super().adagrad_update(param, grad, h, lr, eps)
 
     def rmsprop_update(self, param, grad, h, lr, decay_rate, eps):
-        constants = (lr, eps, decay_rate, 1 - decay_rate)
-        if not _fused_update(updates.RMSPROP, (param, grad, h), constants):
+        if not _fused_update("rmsprop_update", (param, grad, h), (lr, decay_rate, eps)):
             super().rmsprop_update(param, grad, h, lr, decay_rate, eps)
 
     def adam_update(self, param, grad, m, v, lr, beta1, beta2, step, eps):
-        constants = (*adam_step_size(lr, beta1, beta2, step, eps), beta1, 1 - beta1, beta2,
-                     1 - beta2)
-        if not _fused_update(updates.ADAM, (param, grad, m, v), constants):
+        if not _fused_update("adam_update", (param, grad, m, v), (lr, beta1, beta2, step, eps)):
             super().adam_update(param, grad, m, v, lr, beta1, beta2, step, eps)
 
     # ------------------------------------------- blocks of the training step
@@ -236,10 +261,40 @@ class NumbaBackend(NumpyBackend):
         return d, dense.act_backward_col_sums(d, d if a is None else a, _ACTIVATIONS[activation])
 
     def apply_velocity(self, param, velocity, decay):
-        if not _fused_update(updates.APPLY_VELOCITY, (param, velocity), (decay,)):
+        if not _fused_update("apply_velocity", (param, velocity), (decay,)):
             super().apply_velocity(param, velocity, decay)
 
-    def tiny_sgd_step(self, x, t, weights, biases, activation, lr, check_finite):
+    def whole_step(self, x, t, weights, biases, params, grads, activation, decay, rule,
+                   check_finite):
+        """One compiled call where it pays: the tiny-net SGD kernel, or the plain-net kernel
+        (:mod:`~fastbp.backends.numba_kernels.whole`) for small nets and for the updates
+        that cannot fold into a product."""
+        name, hyper, state = rule
+        if name == "sgd_update" and not decay:
+            loss = self._tiny_sgd_step(x, t, weights, biases, activation, hyper[0], check_finite)
+            if loss is not None:
+                return loss
+        if not (numba_blas.IN_NUMBA and _floats(x, params) and x.flags.c_contiguous):
+            return None
+        if name in _FOLDING and x.shape[0] * params.size > WHOLE_STEP_FLOPS:
+            return None  # the step's own path folds these updates into the products
+        sizes = [weights[0].shape[0], *(W.shape[1] for W in weights)]
+        kind, constants = _kernel_update(name, hyper, x.dtype)
+        s1, s2 = (*state, params, params)[:2]
+        work = self._scratch(x.dtype, whole.work_size(x.shape[0], sizes))
+        return x.dtype.type(whole.mlp_step(
+            x, t, np.array(sizes, dtype=np.int64), params, grads, _ACTIVATIONS[activation],
+            float(decay), kind, s1, s2, constants, work, check_finite))
+
+    def _scratch(self, dtype, size):
+        """At least ``size`` elements of ``dtype``, the same memory step after step."""
+        held = self._scratches.get(dtype)
+        if held is None or held.size < size:
+            held = self._scratches[dtype] = np.empty(size, dtype=dtype)
+        return held
+
+    @staticmethod
+    def _tiny_sgd_step(x, t, weights, biases, activation, lr, check_finite):
         # decided with the fewest checks: the whole step takes ~6 µs
         if (len(weights) == 2 and t.ndim == 1
                 and x.shape[0] * (weights[0].size + weights[1].size) <= TINY_STEP_FLOPS):

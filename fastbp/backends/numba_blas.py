@@ -103,6 +103,8 @@ def _choose():
 
 
 gemm, LIBRARY = _choose()
+#: True when the products run in NumPy's OpenBLAS, callable from compiled kernels too
+IN_NUMBA = LIBRARY.startswith("NumPy's")
 gemm.__doc__ = """In place ``out = alpha * op(a) @ op(b) + beta * out`` for C-contiguous float arrays.
 
 ``op`` transposes when ``trans_a`` / ``trans_b`` is set; ``out`` is returned.

@@ -39,7 +39,9 @@ _ACTIVATIONS = {"identity": elementwise.IDENTITY, "relu": elementwise.RELU, "sig
 #: multiply-adds per step below which one compiled call with plain loops beats BLAS
 TINY_STEP_FLOPS = 1 << 16
 #: batch x parameters below which the plain-net kernel beats folding SGD/Momentum into products
-WHOLE_STEP_FLOPS = 1 << 22
+#: (by 1.4x at 64-100-100-10, B=32; about even from 784-100-100-10, B=100, on, where the
+#: kernel's compile, ~4 s once per cache, is not worth it)
+WHOLE_STEP_FLOPS = 1 << 20
 _FOLDING = ("sgd_update", "momentum_update")
 
 

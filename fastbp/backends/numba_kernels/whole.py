@@ -44,50 +44,41 @@ def mlp_step(x, t, sizes, p, g, act, lam, kind, s1, s2, c, work, check_finite):
     widest = 0
     for w in sizes[1:]:
         widest = max(widest, w)
-    acts = [x]
-    start = 0
-    offset = 0
+    starts = np.empty(layers + 1, dtype=np.int64)  # where each layer's W (and its output) starts
+    starts[0] = 0
     for layer in range(layers):
-        rows, cols = sizes[layer], sizes[layer + 1]
-        W = p[offset:offset + rows * cols].reshape((rows, cols))
-        b = p[offset + rows * cols:offset + rows * cols + cols]
-        offset += rows * cols + cols
-        z = work[start:start + n * cols].reshape((n, cols))
-        start += n * cols
-        _numpy_blas_gemm(acts[layer], W, z, False, False, 1.0, 0.0)
+        starts[layer + 1] = starts[layer] + sizes[layer] * sizes[layer + 1] + sizes[layer + 1]
+
+    for layer in range(layers):
+        W, b = _weights(p, starts, sizes, layer)
+        z = _output(work, sizes, n, layer)
+        _numpy_blas_gemm(_input(x, work, sizes, n, layer), W, z, False, False, 1.0, 0.0)
         if layer < layers - 1:
             for i in range(n):
                 for j in range(z.shape[1]):
                     z[i, j] = _act(z[i, j] + b[j], act, one)
-        acts.append(z)
     classes = sizes[layers]
-    here, there = work[start:start + n * widest], work[start + n * widest:]  # gradients, in turn
+    total = 0
+    for w in sizes[1:]:
+        total += n * w
+    here, there = work[total:total + n * widest], work[total + n * widest:total + 2 * n * widest]
     d = here[:n * classes].reshape((n, classes))
     losses = np.empty(n, dtype=x.dtype)
-    _xent_rows(acts[layers], b, t, d, losses, one / dtype(n), one, 0, n)
+    _, b = _weights(p, starts, sizes, layers - 1)
+    _xent_rows(_output(work, sizes, n, layers - 1), b, t, d, losses, one / dtype(n), one, 0, n)
     loss = _sum(losses) / dtype(n)
     if lam != 0:
         squares = loss - loss
-        offset = 0
         for layer in range(layers):
-            size = sizes[layer] * sizes[layer + 1]
-            for k in range(offset, offset + size):
+            for k in range(starts[layer], starts[layer] + sizes[layer] * sizes[layer + 1]):
                 squares += p[k] * p[k]
-            offset += size + sizes[layer + 1]
         loss += dtype(0.5) * lam * squares
     if check_finite and not np.isfinite(loss):
         return loss
 
-    ends = np.empty(layers, dtype=np.int64)  # where each layer's W starts
-    offset = 0
-    for layer in range(layers):
-        ends[layer] = offset
-        offset += sizes[layer] * sizes[layer + 1] + sizes[layer + 1]
     for layer in range(layers - 1, -1, -1):
-        rows, cols, at = sizes[layer], sizes[layer + 1], ends[layer]
-        W = p[at:at + rows * cols].reshape((rows, cols))
-        gW = g[at:at + rows * cols].reshape((rows, cols))
-        gb = g[at + rows * cols:at + rows * cols + cols]
+        W, _ = _weights(p, starts, sizes, layer)
+        gW, gb = _weights(g, starts, sizes, layer)
         gb[:] = 0
         for i in range(n):
             for j in range(d.shape[1]):
@@ -96,16 +87,38 @@ def mlp_step(x, t, sizes, p, g, act, lam, kind, s1, s2, c, work, check_finite):
             for k in range(W.shape[0]):
                 for j in range(W.shape[1]):
                     gW[k, j] = lam * W[k, j]
-        _numpy_blas_gemm(acts[layer], d, gW, True, False, 1.0, 1.0 if lam != 0 else 0.0)
+        a_in = _input(x, work, sizes, n, layer)
+        _numpy_blas_gemm(a_in, d, gW, True, False, 1.0, 1.0 if lam != 0 else 0.0)
         if layer == 0:
             break
         below = there[:n * sizes[layer]].reshape((n, sizes[layer]))
         _numpy_blas_gemm(d, W, below, False, True, 1.0, 0.0)
-        a = acts[layer]
         for i in range(n):
             for j in range(below.shape[1]):
-                below[i, j] = _act_backward(below[i, j], a[i, j], act, one)
+                below[i, j] = _act_backward(below[i, j], a_in[i, j], act, one)
         here, there = there, here
         d = below
     optimizer_update(kind, p, g, s1, s2, c)
     return loss
+
+
+@njit(cache=True, error_model="numpy")
+def _weights(flat, starts, sizes, layer):
+    """Layer ``layer``'s ``(W, b)`` as views of the flat ``flat``."""
+    rows, cols, at = sizes[layer], sizes[layer + 1], starts[layer]
+    return flat[at:at + rows * cols].reshape((rows, cols)), flat[at + rows * cols:at + rows * cols + cols]
+
+
+@njit(cache=True, error_model="numpy")
+def _output(work, sizes, n, layer):
+    """Layer ``layer``'s output, ``(n, sizes[layer + 1])``, in the scratch."""
+    start = 0
+    for k in range(1, layer + 1):
+        start += n * sizes[k]
+    return work[start:start + n * sizes[layer + 1]].reshape((n, sizes[layer + 1]))
+
+
+@njit(cache=True, error_model="numpy")
+def _input(x, work, sizes, n, layer):
+    """Layer ``layer``'s input: ``x``, or the output of the layer before."""
+    return x if layer == 0 else _output(work, sizes, n, layer - 1)

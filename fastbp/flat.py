@@ -21,6 +21,8 @@ class FlatArrays(MutableMapping):
     def __init__(self, owner, backend, dtype, shapes):
         self.owner, self.backend = owner, backend
         self._shapes = {key: tuple(shape) for key, shape in shapes.items()}
+        #: the names in order, as a tuple (iterating it is faster than the mapping)
+        self.names = tuple(self._shapes)
         self.flat = backend.xp.zeros(sum(math.prod(s) for s in self._shapes.values()), dtype=dtype)
         self._arrays = self.views_of(self.flat)
 

@@ -76,6 +76,9 @@ class Optimizer:
         #: ``step[key]``: how many updates each parameter has had
         self.step = {}
         self._flat = {}  # state name -> (the params buffer it is laid out for, flat state)
+        #: (params buffer, the step count all its keys share, flat state): saves a whole step
+        #: the bookkeeping of every key; any per-key update forgets it
+        self._uniform = None
 
     def update(self, params, grads, backend=None):
         """Update ``params`` in place from ``grads`` (dicts with the same keys and shapes).
@@ -92,6 +95,7 @@ class Optimizer:
 
     def update_one(self, backend, key, param, grad):
         """The rule on one parameter (no checks, no clipping): a step's biases use it."""
+        self._uniform = None
         self.step[key] = self.step.get(key, 0) + 1
         self._rule(backend, param, grad, [self._state(backend, n, key, param)
                                           for n in self.state_names], self.step[key])
@@ -105,7 +109,7 @@ class Optimizer:
             scale = self.clip_norm / (norm + 1e-6)
             if scale < 1:
                 grads.flat *= scale
-        steps = {self.step.get(key, 0) for key in params}
+        steps = {self.step.get(key, 0) for key in params.names}
         if len(steps) > 1:  # parameters that joined at different times: one at a time
             for key in params:
                 self.update_one(backend, key, params[key], grads[key])
@@ -124,16 +128,26 @@ class Optimizer:
         one pass (clipping, parameters at different steps).  Call
         ``count_flat(params)`` once it has been applied.
         """
-        steps = {self.step.get(key, 0) for key in params}
-        if self.clip_norm is not None or len(steps) > 1:
+        if self.clip_norm is not None:
             return None
-        name, hyper = self.update_rule(steps.pop() + 1)
-        return name, hyper, [self._flat_state(backend, n, params) for n in self.state_names]
+        held = self._uniform
+        if held is None or held[0] is not params.flat:
+            steps = {self.step.get(key, 0) for key in params.names}
+            if len(steps) > 1:
+                return None
+            held = self._uniform = (params.flat, steps.pop(),
+                                    [self._flat_state(backend, n, params) for n in self.state_names])
+        name, hyper = self.update_rule(held[1] + 1)
+        return name, hyper, held[2]
 
     def count_flat(self, params):
         """One more update of every parameter of ``params``."""
-        for key in params:
-            self.step[key] = self.step.get(key, 0) + 1
+        step = self.step
+        for key in params.names:
+            step[key] = step.get(key, 0) + 1
+        held = self._uniform
+        if held is not None and held[0] is params.flat:
+            self._uniform = (held[0], held[1] + 1, held[2])
 
     @property
     def folds_products(self) -> bool:

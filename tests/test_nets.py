@@ -438,3 +438,20 @@ def test_params_and_grads_are_views_of_one_buffer_each(backend, dtype):
     for key, grad in grads.items():
         numpy.testing.assert_array_equal(host(grad), host(net.grads[key]))
         assert grad is not net.grads[key]  # gradient() returns copies; grads is reused
+
+
+@pytest.mark.parametrize("optimizer", ["Adam", "Momentum", "SGD"])
+def test_one_optimizer_may_mix_train_step_and_update(backend, optimizer):
+    """The flat state and the step counts are the same whichever way an update comes in."""
+    x, t = (backend.asarray(a) for a in _batch(10, 6, 3))
+    mixed, manual = (MultiLayerNet(6, [5, 4], 3, seed=5, backend=backend) for _ in range(2))
+    opt_mixed, opt_manual = OPTIMIZER_MAKERS[optimizer](), OPTIMIZER_MAKERS[optimizer]()
+    for step in range(4):
+        if step % 2:
+            opt_mixed.update(mixed.params, mixed.gradient(x, t), backend=backend)
+        else:
+            mixed.train_step(x, t, opt_mixed)
+        opt_manual.update(manual.params, manual.gradient(x, t), backend=backend)
+    assert opt_mixed.step == opt_manual.step == {key: 4 for key in manual.params}
+    for key in manual.params:
+        assert_close(mixed.params[key], manual.params[key], "float64", key)

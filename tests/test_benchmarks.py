@@ -228,3 +228,17 @@ def test_bad_suite_exits_2_with_one_line():
     assert result.returncode == 2
     assert "argument --suite: invalid choice: 'everything'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_subnormal_adam_case_squares_its_gradients_into_subnormals(dtype):
+    from fastbp.benchmarks.kernels import SUBNORMAL_PARAMS, adam_calls
+
+    be = fastbp.get_backend("numpy")
+    calls = adam_calls(be, dtype, n=64)
+    assert set(calls) == {"ordinary", "subnormal"}
+    grad = calls["subnormal"].__defaults__[1]
+    squares = grad * grad
+    tiny = numpy.finfo(dtype).tiny
+    assert ((squares != 0) & (abs(squares) < tiny)).mean() > 0.9
+    assert SUBNORMAL_PARAMS > 10_000

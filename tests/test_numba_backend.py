@@ -17,13 +17,13 @@ if "numba" not in fastbp.available_backends():
 import numba  # noqa: E402
 
 from fastbp.backends import numba_backend, numba_blas  # noqa: E402
-from fastbp.backends.numba_kernels import batchnorm, dense, elementwise, softmax, tiny, updates, whole  # noqa: E402
+from fastbp.backends.numba_kernels import batchnorm, dense, elementwise, fpmode, softmax, tiny, updates, whole  # noqa: E402
 from fastbp.nets import MultiLayerNet  # noqa: E402
 from fastbp.optim import SGD  # noqa: E402
 
 NUMBA = fastbp.get_backend("numba")
 #: every module of compiled kernels; a new kernel module goes here too
-KERNEL_MODULES = (elementwise, dense, softmax, batchnorm, updates, tiny, whole, numba_blas)
+KERNEL_MODULES = (elementwise, dense, softmax, batchnorm, updates, tiny, whole, fpmode, numba_blas)
 
 
 def _problem(sizes, batch, dtype, one_hot, seed=0):
@@ -266,3 +266,22 @@ def test_float32_kernels_do_no_float64_arithmetic(tmp_path):
     assert arithmetic <= {name for name, _, _ in rows}
     assert all(int(float_ops) > 0 for name, float_ops, _ in rows if name in arithmetic)  # seen
     assert [name for name, _, double_ops in rows if int(double_ops)] == []
+
+
+def test_fastbps_passes_treat_subnormals_as_zero_and_restore_the_mode():
+    """FTZ/DAZ is set around the update passes only: the user's (and BLAS's) mode is kept."""
+    if not fpmode.X86:
+        pytest.skip("FTZ/DAZ is an x86 MXCSR setting")
+    before = fpmode.read()
+    assert not before & fpmode.FTZ_DAZ
+    tiny = numpy.finfo(numpy.float32).tiny
+    param = numpy.zeros(4, numpy.float32)
+    NUMBA.sgd_update(param, numpy.full(4, tiny / 4, numpy.float32), 1.0)
+    numpy.testing.assert_array_equal(param, 0)  # the subnormal gradient read as 0
+    reference = numpy.zeros(4, numpy.float32)
+    fastbp.get_backend("numpy").sgd_update(reference, numpy.full(4, tiny / 4, numpy.float32), 1.0)
+    assert (reference != 0).all()  # NumPy itself computes with subnormals
+    x, t = _problem((60, 40, 10), 64, "float32", False)
+    MultiLayerNet(60, [40], 10, seed=0, backend="numba", dtype="float32").train_step(x, t, SGD(0.1))
+    assert fpmode.read() == before
+    assert numpy.float32(tiny) / numpy.float32(4) != 0  # and this process still has subnormals

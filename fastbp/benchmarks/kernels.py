@@ -139,6 +139,50 @@ def measure(kernel: str, size: Shape, dtype: str, plain: dict, calls: dict, back
             "skipped": skipped}
 
 
+#: parameters of the subnormal measurement (one hidden layer of 784-128)
+SUBNORMAL_PARAMS = 100_352
+
+
+def adam_calls(backend, dtype, n=SUBNORMAL_PARAMS) -> dict:
+    """Adam updates with ordinary gradients, and with gradients whose squares are subnormal.
+
+    The second is a net's dead units, every step: a gradient of about
+    ``sqrt(tiny) / 100`` squares to a subnormal in ``v``'s update, however
+    the stored state is flushed, and on x86 each such operation takes a slow
+    path unless the hardware treats subnormals as zero.
+    """
+    rng = np.random.default_rng(2)
+    tiny = float(np.finfo(dtype).tiny)
+    calls = {}
+    for case, scale, v0 in (("ordinary", 1.0, 1.0), ("subnormal", tiny ** 0.5 / 100, tiny * 100)):
+        param, grad = (backend.asarray(rng.standard_normal(n) * s, dtype=dtype) for s in (1, scale))
+        m, v = backend.asarray(np.zeros(n), dtype=dtype), backend.asarray(np.full(n, v0), dtype=dtype)
+        calls[case] = (lambda p=param, g=grad, m=m, v=v:
+                       backend.adam_update(p, g, m, v, LR, 0.9, 0.999, 1, 1e-8))
+    return calls
+
+
+def subnormal_rows(backends, settings) -> list:
+    """For each backend and dtype: an Adam update with ordinary and with subnormal-squared gradients."""
+    rows = []
+    for dtype in settings.dtypes:
+        contenders = []
+        for backend in backends:
+            for case, fn in adam_calls(backend, dtype).items():
+                contenders.append(Contender(f"fastbp-{backend.name} {case}", fn,
+                                            sync=backend.synchronize if backend.gpu else None))
+        timings = interleaved(contenders, settings.rounds, settings.round_s / 2, pause_s=0.01)
+        for backend in backends:
+            ordinary, subnormal = (timings[f"fastbp-{backend.name} {case}"].median
+                                   for case in ("ordinary", "subnormal"))
+            rows.append({"backend": backend.name, "dtype": dtype, "params": SUBNORMAL_PARAMS,
+                         "ordinary_s": ordinary, "subnormal_s": subnormal,
+                         "slowdown": subnormal / ordinary})
+            settings.progress("kernels", f"adam_update {backend.name} {dtype}: ordinary "
+                              f"{report.seconds(ordinary)}, subnormal {report.seconds(subnormal)}")
+    return rows
+
+
 def run(settings) -> dict:
     mode = "quick" if settings.quick else "full"
     backends = [fastbp.get_backend(name) for name in settings.backends]
@@ -154,7 +198,7 @@ def run(settings) -> dict:
                 rows.append(row)
                 settings.progress("kernels", f"{kernel} {size.label} {dtype}: " + ", ".join(
                     f"{n} {report.seconds(t['median_s'])}" for n, t in row["timings"].items()))
-    return {"rows": rows}
+    return {"rows": rows, "subnormal": subnormal_rows(backends, settings)}
 
 
 def table(result: dict) -> str:
@@ -164,9 +208,16 @@ def table(result: dict) -> str:
              *(report.seconds(r["timings"][n]["median_s"]) if n in r["timings"] else "-"
                for n in names),
              *(report.ratio(r["speedup"].get(n)) for n in fast)) for r in result["rows"]]
-    return report.table(
+    out = report.table(
         "Kernels: median time per call, interleaved; speed-up over the plain NumPy (textbook) "
         "expression, or over fastbp-numpy for updates the textbook lacks",
         ("kernel", "size", "dtype", *names, *(f"{n.removeprefix('fastbp-')} speed-up"
                                              for n in fast)), rows,
         report.skipped_lines(result["rows"]))
+    slow = [(r["backend"], r["dtype"], f"{r['params']:,}", report.seconds(r["ordinary_s"]),
+             report.seconds(r["subnormal_s"]), report.ratio(r["slowdown"]))
+            for r in result.get("subnormal", [])]
+    return out + "\n" + report.table(
+        "Adam update with gradients whose squares are subnormal (a dead unit's, every step), "
+        "against ordinary gradients; interleaved",
+        ("backend", "dtype", "parameters", "ordinary", "subnormal", "slowdown"), slow)

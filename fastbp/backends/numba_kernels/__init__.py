@@ -11,6 +11,7 @@ imports it, so ``import fastbp`` never loads numba):
 - :mod:`.softmax`: softmax + cross-entropy and its gradient, the label range;
 - :mod:`.batchnorm`: BatchNorm forward (statistics and running averages) and backward;
 - :mod:`.updates`: the fused optimizer updates and their kind codes;
+- :mod:`.fpmode`: flush-to-zero / denormals-are-zero around fastbp's own passes;
 - :mod:`.tiny`: a whole SGD step of a tiny net as one compiled call.
 
 Conventions every kernel keeps, so results equal the NumPy reference:

@@ -9,12 +9,25 @@ import numpy as np
 from numba import njit
 
 from fastbp.backends.numba_kernels.elementwise import _flushed
+from fastbp.backends.numba_kernels.fpmode import flush_on, restore
 
 SGD, MOMENTUM, NESTEROV, ADAGRAD, RMSPROP, ADAM, APPLY_VELOCITY = range(7)
 
 
 @njit(cache=True, error_model="numpy")
 def optimizer_update(kind, p, g, s1, s2, c):
+    """One fused pass of an optimizer update (:func:`_update`), with subnormals as zero.
+
+    Decaying state and tiny gradients make subnormal intermediates, which
+    slow every operation on them many times over (see :mod:`.fpmode`).
+    """
+    previous = flush_on()
+    _update(kind, p, g, s1, s2, c)
+    restore(previous)
+
+
+@njit(cache=True, error_model="numpy")
+def _update(kind, p, g, s1, s2, c):
     """One fused pass of an optimizer update, in place on flat (1-D) arrays.
 
     ``s1``/``s2`` are the optimizer's state (velocity, h, or Adam's m and v;

@@ -59,10 +59,10 @@ def _argv(args) -> list:
 
 def _gpus() -> list:
     """The CUDA devices this run could use, as the cupy backend and PyTorch describe them."""
-    import fastbp
+    from fastbp.backends import backend_info
 
     found = []
-    cupy = fastbp.backend_info()["cupy"]
+    cupy = backend_info()["cupy"]
     if cupy["available"]:
         found.append({"via": "fastbp cupy backend",
                       **{k: v for k, v in cupy.items() if k != "available"}})
@@ -73,7 +73,7 @@ def _gpus() -> list:
 
 
 def run(args) -> int:
-    import fastbp
+    from fastbp.backends import available_backends, get_backend
 
     pins = {k: os.environ[k] for k in BLAS_PINS if k in os.environ}
     if pins and not args.keep_blas_env:
@@ -89,9 +89,9 @@ def run(args) -> int:
     from fastbp.benchmarks.timing import OtherLoad
     from fastbp.sysinfo import machine_info
 
-    backends = list(dict.fromkeys(args.backend or fastbp.available_backends()))
+    backends = list(dict.fromkeys(args.backend or available_backends()))
     for name in backends:
-        fastbp.get_backend(name)  # an unavailable one ends the run here, with its install hint
+        get_backend(name)  # an unavailable one ends the run here, with its install hint
     settings = Settings(backends=backends, dtypes=list(dict.fromkeys(args.dtype or DTYPES)),
                         quick=args.quick)
     suites = list(SUITES) if args.suite == "all" else [args.suite]

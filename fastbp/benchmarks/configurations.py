@@ -21,7 +21,8 @@ import time
 
 import numpy as np
 
-import fastbp.optim
+import fastbp.optim as optim
+from fastbp.backends import to_numpy
 from fastbp.benchmarks import report
 from fastbp.benchmarks.contenders import Config, Problem, Unavailable, import_torch, torch_net
 from fastbp.benchmarks.timing import alternated
@@ -83,14 +84,14 @@ def trainer_epochs(backend, problem: Problem, x, t):
     ``Trainer(..., epochs=1, seed=i)``, so epoch ``i`` visits the samples in
     the order of ``default_rng(i).permutation``.
     """
-    net, opt = problem.net(backend), problem.config.optimizer_from(fastbp.optim)
+    net, opt = problem.net(backend), problem.config.optimizer_from(optim)
 
     def epoch(i):
         trainer = Trainer(net, opt, x, t, epochs=1, batch_size=problem.config.batch, seed=i,
                           verbose=False)
         return trainer.fit()["epoch_time"][-1]
 
-    return epoch, lambda: {k: fastbp.to_numpy(v) for k, v in net.params.items()}
+    return epoch, lambda: {k: to_numpy(v) for k, v in net.params.items()}
 
 
 def torch_epochs(problem: Problem, x, t):

@@ -23,8 +23,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-import fastbp
-import fastbp.optim
+import fastbp.optim as optim
+from fastbp.backends import get_backend, to_numpy
 from fastbp.benchmarks import textbook as textbook_code
 from fastbp.benchmarks.textbook import TextbookNet
 from fastbp.benchmarks.timing import Contender
@@ -161,14 +161,14 @@ def fastbp_backend(name: str):
 
     def make(problem: Problem) -> Contender:
         try:
-            backend = fastbp.get_backend(name)
+            backend = get_backend(name)
         except ImportError as exc:
             raise Unavailable(str(exc)) from None
-        net, opt = problem.net(backend), problem.config.optimizer_from(fastbp.optim)
+        net, opt = problem.net(backend), problem.config.optimizer_from(optim)
         batch = cycling((backend.asarray(x), backend.asarray(t)) for x, t in problem.batches)
         sync = backend.synchronize if backend.gpu else None
         return _warm(Contender(f"fastbp-{name}", lambda: net.train_step(*batch(), opt), sync=sync,
-                               params=lambda: {k: fastbp.to_numpy(v) for k, v in net.params.items()}))
+                               params=lambda: {k: to_numpy(v) for k, v in net.params.items()}))
 
     return make
 

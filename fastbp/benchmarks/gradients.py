@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-import fastbp
+from fastbp.backends import get_backend, to_numpy
 from fastbp.benchmarks import report
 from fastbp.benchmarks.contenders import Shape
 from fastbp.benchmarks.timing import Contender, calibrate, run_round, settle, time_once
@@ -78,7 +78,7 @@ def numerical_on_blocks(net, x, t, blocks: dict) -> dict:
 def _worst_error(backprop: dict, numerical: dict, blocks=None) -> float:
     errors = []
     for key, num in numerical.items():
-        bp = fastbp.to_numpy(backprop[key])
+        bp = to_numpy(backprop[key])
         bp = bp.reshape(-1)[blocks[key]] if blocks else bp
         errors.append(rel_error(bp, num))
     return max(errors)
@@ -96,7 +96,7 @@ def make_problem(shape: Shape, backend):
     net = TwoLayerNet(shape.n_in, shape.hidden, shape.n_out, weight_init_std="he", seed=0,
                       backend=backend)
     rng = np.random.default_rng(1)
-    W1, b1 = (fastbp.to_numpy(net.params[k]) for k in ("W1", "b1"))
+    W1, b1 = (to_numpy(net.params[k]) for k in ("W1", "b1"))
     x = rng.standard_normal((shape.batch, shape.n_in))
     for _ in range(1000):
         near = (np.abs(x @ W1 + b1) < KINK_MARGIN).any(axis=1)
@@ -163,7 +163,7 @@ def run(settings) -> dict:
     mode = "quick" if settings.quick else "full"
     rows, fits, directional = [], [], []
     for name in settings.backends:
-        backend = fastbp.get_backend(name)
+        backend = get_backend(name)
         for batch in BATCHES[mode]:
             family = []
             for shape in shapes(batch, mode):

@@ -13,7 +13,7 @@ import inspect
 
 import numpy as np
 
-import fastbp
+from fastbp.backends import get_backend
 from fastbp.benchmarks import report, textbook
 from fastbp.benchmarks.contenders import Shape
 from fastbp.benchmarks.timing import Contender, interleaved
@@ -185,7 +185,7 @@ def subnormal_rows(backends, settings) -> list:
 
 def run(settings) -> dict:
     mode = "quick" if settings.quick else "full"
-    backends = [fastbp.get_backend(name) for name in settings.backends]
+    backends = [get_backend(name) for name in settings.backends]
     kernels = [*HOT_PATHS, *sorted({n for b in backends for n in extra_updates(b)})]
     rows = []
     for size in SIZES[mode]:

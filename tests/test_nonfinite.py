@@ -248,3 +248,20 @@ def test_checkpoints_without_the_batchnorm_settings_still_load(tmp_path):
     other = MultiLayerNet(4, [3], 2, use_batchnorm=True, batchnorm_momentum=0.5, seed=1)
     with pytest.raises(ValueError, match="batchnorm_momentum is 0.9 in the file"):
         load_params(other, tmp_path / "old.npz")
+
+
+@pytest.mark.parametrize("optimizer", [SGD, Momentum])
+def test_a_non_finite_loss_applies_no_update_where_updates_fold_into_products(backend, optimizer):
+    """A batch large enough that SGD and Momentum fold their updates into the products."""
+    net = MultiLayerNet(4, [16, 12], 2, seed=0, backend=backend)
+    rng = numpy.random.default_rng(0)
+    x, t = rng.standard_normal((4000, 4)), rng.integers(0, 2, 4000)
+    opt = optimizer()
+    net.train_step(backend.asarray(x), backend.asarray(t), opt)
+    before = _state(net, opt)
+    x[123, 2] = NAN
+    with pytest.raises(NonFiniteLossError):
+        net.train_step(backend.asarray(x), backend.asarray(t), opt)
+    after = _state(net, opt)
+    for key, value in before[0].items():
+        numpy.testing.assert_array_equal(after[0][key], value, err_msg=key)

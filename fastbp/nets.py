@@ -162,6 +162,8 @@ class MultiLayerNet:
                         for i in range(1, self.n_layers)]
         #: a backend may run the whole step as one call (no layer between product and activation)
         self._fusable = not (self.use_dropout or self.use_batchnorm)
+        self._sizes = numpy.array([self.input_size, *self.hidden_size_list, self.output_size],
+                                  dtype=numpy.int64)
 
     # ------------------------------------------------------------- validation
     def _prepare(self, x, t=None, where="forward", check_labels=True):
@@ -289,7 +291,7 @@ class MultiLayerNet:
         whole = self._fusable and self.gradient_hook is None
         rule = optimizer.flat_rule(self.params, self.backend) if whole else None
         if rule is not None:
-            loss = self.backend.whole_step(x, t, self._W, self._b, self.params.flat,
+            loss = self.backend.whole_step(x, t, self._W, self._b, self._sizes, self.params.flat,
                                            self.grads.flat, self.activation,
                                            self.weight_decay_lambda, rule, check_finite)
             if loss is not None:  # the backend ran the whole step as one call

@@ -266,7 +266,7 @@ class NumbaBackend(NumpyBackend):
         if not _fused_update("apply_velocity", (param, velocity), (decay,)):
             super().apply_velocity(param, velocity, decay)
 
-    def whole_step(self, x, t, weights, biases, params, grads, activation, decay, rule,
+    def whole_step(self, x, t, weights, biases, sizes, params, grads, activation, decay, rule,
                    check_finite):
         """One compiled call where it pays: the tiny-net SGD kernel, or the plain-net kernel
         (:mod:`~fastbp.backends.numba_kernels.whole`) for small nets and for the updates
@@ -280,13 +280,12 @@ class NumbaBackend(NumpyBackend):
             return None
         if name in _FOLDING and x.shape[0] * params.size > WHOLE_STEP_FLOPS:
             return None  # the step's own path folds these updates into the products
-        sizes = [weights[0].shape[0], *(W.shape[1] for W in weights)]
         kind, constants = _kernel_update(name, hyper, x.dtype)
         s1, s2 = (*state, params, params)[:2]
         work = self._scratch(x.dtype, whole.work_size(x.shape[0], sizes))
-        return x.dtype.type(whole.mlp_step(
-            x, t, np.array(sizes, dtype=np.int64), params, grads, _ACTIVATIONS[activation],
-            float(decay), kind, s1, s2, constants, work, check_finite))
+        return x.dtype.type(whole.mlp_step(x, t, sizes, params, grads, _ACTIVATIONS[activation],
+                                           float(decay), kind, s1, s2, constants, work,
+                                           check_finite))
 
     def _scratch(self, dtype, size):
         """At least ``size`` elements of ``dtype``, the same memory step after step."""

@@ -298,13 +298,14 @@ class NumpyBackend:
         self.flush_subnormals(velocity)
         param += velocity
 
-    def whole_step(self, x, t, weights, biases, params, grads, activation, decay, rule,
+    def whole_step(self, x, t, weights, biases, sizes, params, grads, activation, decay, rule,
                    check_finite):
         """The whole step of a plain net (no BatchNorm, no dropout) as one call, where a backend
         has one; None means "not here", and the net composes the blocks instead.
 
         The contract is ``train_step``'s: ``weights``/``biases`` are views of the
-        flat ``params``, gradients go to the flat ``grads``, ``decay`` is the
+        flat ``params``, ``sizes`` the layer widths (input first, an int64
+        array), gradients go to the flat ``grads``, ``decay`` is the
         weight-decay lambda, ``rule`` is the optimizer's ``flat_rule``; returns the
         loss, and with ``check_finite`` updates nothing when it is NaN or inf.
         """

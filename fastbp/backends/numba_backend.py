@@ -273,7 +273,8 @@ class NumbaBackend(NumpyBackend):
         that cannot fold into a product."""
         name, hyper, state = rule
         if name == "sgd_update" and not decay:
-            loss = self._tiny_sgd_step(x, t, weights, biases, activation, hyper[0], check_finite)
+            loss = self._tiny_sgd_step(x, t, weights, biases, params, activation, hyper[0],
+                                       check_finite)
             if loss is not None:
                 return loss
         if not (numba_blas.IN_NUMBA and _floats(x, params) and x.flags.c_contiguous):
@@ -295,12 +296,12 @@ class NumbaBackend(NumpyBackend):
         return held
 
     @staticmethod
-    def _tiny_sgd_step(x, t, weights, biases, activation, lr, check_finite):
-        # decided with the fewest checks: the whole step takes ~6 µs
-        if (len(weights) == 2 and t.ndim == 1
+    def _tiny_sgd_step(x, t, weights, biases, params, activation, lr, check_finite):
+        # decided with the fewest checks: the whole step takes ~6 µs (the weights and
+        # biases are views of params, so one dtype check covers them)
+        if (len(weights) == 2 and t.ndim == 1 and _floats(x, params)
                 and x.shape[0] * (weights[0].size + weights[1].size) <= TINY_STEP_FLOPS):
             (W1, W2), (b1, b2) = weights, biases
-            if _floats(x, W1, b1, W2, b2):
-                return x.dtype.type(tiny.tiny_mlp_sgd_step(x, t, W1, b1, W2, b2, _ACTIVATIONS[activation],
-                                                           float(lr), 1.0 / x.shape[0], check_finite))
+            return x.dtype.type(tiny.tiny_mlp_sgd_step(x, t, W1, b1, W2, b2, _ACTIVATIONS[activation],
+                                                       float(lr), 1.0 / x.shape[0], check_finite))
         return None

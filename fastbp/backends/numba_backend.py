@@ -38,6 +38,11 @@ _FLOATS = frozenset((np.dtype(np.float32), np.dtype(np.float64)))
 _ACTIVATIONS = {"identity": elementwise.IDENTITY, "relu": elementwise.RELU, "sigmoid": elementwise.SIGMOID}
 #: multiply-adds per step below which one compiled call with plain loops beats BLAS
 TINY_STEP_FLOPS = 1 << 16
+#: batch x parameters below which the plain-net kernel beats folding SGD/Momentum into products
+#: (by 1.4x at 64-100-100-10, B=32; about even from 784-100-100-10, B=100, on, where the
+#: kernel's compile, ~4 s once per cache, is not worth it)
+WHOLE_STEP_FLOPS = 1 << 20
+_FOLDING = ("sgd_update", "momentum_update")
 
 
 def _floats(*arrays):
@@ -263,8 +268,9 @@ class NumbaBackend(NumpyBackend):
 
     def whole_step(self, x, t, weights, biases, sizes, params, grads, activation, decay, rule,
                    check_finite):
-        """One compiled call: the tiny-net SGD kernel where it applies, else the plain-net
-        kernel (:mod:`~fastbp.backends.numba_kernels.whole`)."""
+        """One compiled call where it pays: the tiny-net SGD kernel, or the plain-net kernel
+        (:mod:`~fastbp.backends.numba_kernels.whole`) for small nets and for the updates
+        that cannot fold into a product."""
         name, hyper, state = rule
         if name == "sgd_update" and not decay:
             loss = self._tiny_sgd_step(x, t, weights, biases, params, activation, hyper[0],
@@ -273,6 +279,8 @@ class NumbaBackend(NumpyBackend):
                 return loss
         if not (numba_blas.IN_NUMBA and _floats(x, params) and x.flags.c_contiguous):
             return None
+        if name in _FOLDING and x.shape[0] * params.size > WHOLE_STEP_FLOPS:
+            return None  # the step's own path folds these updates into the products
         kind, constants = _kernel_update(name, hyper, x.dtype)
         s1, s2 = (*state, params, params)[:2]
         work = self._scratch(x.dtype, whole.work_size(x.shape[0], sizes))

@@ -1,11 +1,10 @@
 """A whole training step of a plain net (any depth, no BatchNorm or dropout) as one compiled call.
 
-The same step as ``MultiLayerNet._step``, block for block: products through
-NumPy's BLAS called from inside the kernel, bias + activation, softmax +
-cross-entropy + gradient, activation backward with the bias gradient, the
-weight-decay term; SGD and Momentum fold each weight update into the product
-that makes its gradient, the other updates take one fused pass over the whole
-flat parameter buffer.  What it saves
+The same step as ``MultiLayerNet._step`` with a materialised gradient,
+block for block: products through NumPy's BLAS called from inside the
+kernel, bias + activation, softmax + cross-entropy + gradient, activation
+backward with the bias gradient, the weight-decay term, and then the
+optimizer's fused pass over the whole flat parameter buffer.  What it saves
 is the Python between the blocks, which is most of a small net's step.
 Only usable when :data:`fastbp.backends.numba_blas.IN_NUMBA` (NumPy's
 OpenBLAS reachable from numba).
@@ -19,7 +18,7 @@ from numba import njit
 from fastbp.backends.numba_blas import _numpy_blas_gemm
 from fastbp.backends.numba_kernels.elementwise import _act, _act_backward
 from fastbp.backends.numba_kernels.softmax import _sum, _xent_rows
-from fastbp.backends.numba_kernels.updates import APPLY_VELOCITY, MOMENTUM, SGD, optimizer_update
+from fastbp.backends.numba_kernels.updates import optimizer_update
 
 
 def work_size(batch, sizes) -> int:
@@ -77,10 +76,6 @@ def mlp_step(x, t, sizes, p, g, act, lam, kind, s1, s2, c, work, check_finite):
     if check_finite and not np.isfinite(loss):
         return loss
 
-    # SGD and Momentum consume each weight gradient inside the product that makes it
-    fold = kind == SGD or kind == MOMENTUM
-    decay = np.empty(1, dtype=x.dtype)
-    decay[0] = c[0] * lam  # lr * lambda, for Momentum's pass over W
     for layer in range(layers - 1, -1, -1):
         W, _ = _weights(p, starts, sizes, layer)
         gW, gb = _weights(g, starts, sizes, layer)
@@ -88,38 +83,22 @@ def mlp_step(x, t, sizes, p, g, act, lam, kind, s1, s2, c, work, check_finite):
         for i in range(n):
             for j in range(d.shape[1]):
                 gb[j] += d[i, j]
+        if lam != 0:
+            for k in range(W.shape[0]):
+                for j in range(W.shape[1]):
+                    gW[k, j] = lam * W[k, j]
         a_in = _input(x, work, sizes, n, layer)
-        below = d  # the gradient below (none below the first layer)
-        if layer > 0:  # it uses W before W's update
-            below = there[:n * sizes[layer]].reshape((n, sizes[layer]))
-            _numpy_blas_gemm(d, W, below, False, True, 1.0, 0.0)
-        if fold:
-            at, size = starts[layer], sizes[layer] * sizes[layer + 1]
-            bias = slice(at + size, at + size + sizes[layer + 1])
-            if kind == SGD:
-                beta = one - c[0] * lam
-                _numpy_blas_gemm(a_in, d, W, True, False, np.float64(-c[0]), np.float64(beta))
-            else:
-                v = s1[at:at + size]
-                _numpy_blas_gemm(a_in, d, v.reshape(W.shape), True, False, np.float64(-c[0]),
-                                 np.float64(c[1]))
-                optimizer_update(APPLY_VELOCITY, p[at:at + size], v, v, v, decay)
-            optimizer_update(kind, p[bias], g[bias], s1[bias], s2[bias], c)
-        else:
-            if lam != 0:
-                for k in range(W.shape[0]):
-                    for j in range(W.shape[1]):
-                        gW[k, j] = lam * W[k, j]
-            _numpy_blas_gemm(a_in, d, gW, True, False, 1.0, 1.0 if lam != 0 else 0.0)
+        _numpy_blas_gemm(a_in, d, gW, True, False, 1.0, 1.0 if lam != 0 else 0.0)
         if layer == 0:
             break
+        below = there[:n * sizes[layer]].reshape((n, sizes[layer]))
+        _numpy_blas_gemm(d, W, below, False, True, 1.0, 0.0)
         for i in range(n):
             for j in range(below.shape[1]):
                 below[i, j] = _act_backward(below[i, j], a_in[i, j], act, one)
         here, there = there, here
         d = below
-    if not fold:
-        optimizer_update(kind, p, g, s1, s2, c)
+    optimizer_update(kind, p, g, s1, s2, c)
     return loss
 
 

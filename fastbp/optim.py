@@ -95,10 +95,14 @@ class Optimizer:
 
     def update_one(self, backend, key, param, grad):
         """The rule on one parameter (no checks, no clipping): a step's biases use it."""
+        self._rule(backend, param, grad, [self._state(backend, n, key, param)
+                                          for n in self.state_names], self._count_one(key))
+
+    def _count_one(self, key) -> int:
+        """One more update of ``key`` (the keys may no longer share one count); the new count."""
         self._uniform = None
         self.step[key] = self.step.get(key, 0) + 1
-        self._rule(backend, param, grad, [self._state(backend, n, key, param)
-                                          for n in self.state_names], self.step[key])
+        return self.step[key]
 
     def update_flat(self, params, grads, backend):
         """One fused pass over a whole net: ``params`` and ``grads`` are a net's
@@ -224,7 +228,7 @@ class SGD(Optimizer):
         return self.clip_norm is None  # clipping needs the whole gradient first
 
     def fold_weight(self, backend, key, W, a, d, decay):
-        self.step[key] = self.step.get(key, 0) + 1
+        self._count_one(key)
         backend.gemm(a, d, W, trans_a=True, alpha=-self.lr, beta=1 - self.lr * decay)
 
     def update_rule(self, step):
@@ -250,7 +254,7 @@ class Momentum(Optimizer):
         return self.clip_norm is None
 
     def fold_weight(self, backend, key, W, a, d, decay):
-        self.step[key] = self.step.get(key, 0) + 1
+        self._count_one(key)
         v = self._state(backend, "v", key, W)
         backend.gemm(a, d, v, trans_a=True, alpha=-self.lr, beta=self.momentum)
         backend.apply_velocity(W, v, self.lr * decay)

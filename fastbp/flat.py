@@ -44,8 +44,8 @@ class FlatArrays(MutableMapping):
 
     def __setitem__(self, key, value):
         if key not in self._arrays:
-            raise ValueError(f"{self.owner}: no array {key!r} to assign to; the names are fixed by "
-                           f"the architecture: {list(self._arrays)}")
+            raise ValueError(f"{self.owner}: no array {key!r} to assign to; the names are fixed "
+                             f"by the architecture: {list(self._arrays)}")
         target = self._arrays[key]
         value = self.backend.asarray(value, dtype=target.dtype)
         if value.shape != target.shape:
@@ -55,7 +55,7 @@ class FlatArrays(MutableMapping):
 
     def __delitem__(self, key):
         raise ValueError(f"{self.owner}: {key!r} cannot be removed (the architecture fixes "
-                       f"{list(self._arrays)})")
+                         f"{list(self._arrays)})")
 
     def __iter__(self):
         return iter(self._arrays)

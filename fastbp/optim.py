@@ -47,8 +47,13 @@ def clip_by_global_norm(grads, max_norm, backend=None):
     xp = get_backend(backend).xp
     norms = [xp.linalg.norm(g) for g in grads.values()]
     norm = float(xp.linalg.norm(xp.stack(norms))) if norms else 0.0  # one device sync
-    scale = max_norm / (norm + 1e-6)
+    scale = _clip_scale(norm, max_norm)
     return {key: g * scale for key, g in grads.items()} if scale < 1 else grads
+
+
+def _clip_scale(norm, max_norm) -> float:
+    """The factor that brings a global gradient norm to at most ``max_norm`` (torch's rule)."""
+    return min(1.0, max_norm / (norm + 1e-6))
 
 
 class Optimizer:
@@ -109,19 +114,17 @@ class Optimizer:
         :class:`~fastbp.flat.FlatArrays` of one layout; ``grads`` may be scaled in place.
         """
         if self.clip_norm is not None:
-            norm = float(backend.xp.linalg.norm(grads.flat))  # one device sync
-            scale = self.clip_norm / (norm + 1e-6)
+            scale = _clip_scale(float(backend.xp.linalg.norm(grads.flat)), self.clip_norm)  # a sync
             if scale < 1:
                 grads.flat *= scale
-        steps = {self.step.get(key, 0) for key in params.names}
-        if len(steps) > 1:  # parameters that joined at different times: one at a time
+        rule = self._one_pass(params, backend)
+        if rule is None:  # parameters that joined at different times: one at a time
             for key in params:
                 self.update_one(backend, key, params[key], grads[key])
             return
+        name, hyper, state = rule
+        getattr(backend, name)(params.flat, grads.flat, *state, *hyper)
         self.count_flat(params)
-        self._rule(backend, params.flat, grads.flat,
-                   [self._flat_state(backend, name, params) for name in self.state_names],
-                   steps.pop() + 1)
 
     def flat_rule(self, params, backend):
         """``(update, hyper-parameters, flat state)`` of the next one-pass update of ``params``.
@@ -132,8 +135,10 @@ class Optimizer:
         one pass (clipping, parameters at different steps).  Call
         ``count_flat(params)`` once it has been applied.
         """
-        if self.clip_norm is not None:
-            return None
+        return None if self.clip_norm is not None else self._one_pass(params, backend)
+
+    def _one_pass(self, params, backend):
+        """``flat_rule`` whatever the clipping: None while the keys' step counts differ."""
         held = self._uniform
         if held is None or held[0] is not params.flat:
             steps = {self.step.get(key, 0) for key in params.names}

@@ -121,18 +121,14 @@ class NumbaBackend(NumpyBackend):
     def affine_forward(self, x, W, b):
         if not _floats(x, W, b):
             return super().affine_forward(x, W, b)
-        out = gemm(np.ascontiguousarray(x), np.ascontiguousarray(W),
-                   np.empty((x.shape[0], W.shape[1]), dtype=x.dtype))
-        dense.bias_act_forward(out, b, elementwise.IDENTITY)
-        return out
+        return self.dense_forward(x, W, b, "identity")
 
     def affine_backward(self, dout, x, W, need_dx=True):
         if not _floats(dout, x, W):
             return super().affine_backward(dout, x, W, need_dx)
-        dout, x, W = (np.ascontiguousarray(a) for a in (dout, x, W))
-        dx = gemm(dout, W, np.empty(x.shape, dtype=x.dtype), trans_b=True) if need_dx else None
-        dW = gemm(x, dout, np.empty(W.shape, dtype=W.dtype), trans_a=True)
-        return dx, dW, dense.act_backward_col_sums(dout, dout, elementwise.IDENTITY)
+        dx = self.gemm(dout, W, trans_b=True) if need_dx else None
+        return dx, self.gemm(x, dout, trans_a=True), self.activation_backward_bias(
+            np.ascontiguousarray(dout), None, "identity")[1]
 
     # ------------------------------------------------------------ activations
     def relu_forward(self, x):

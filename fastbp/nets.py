@@ -160,8 +160,10 @@ class MultiLayerNet:
         self._b = [p[f"b{i}"] for i in range(1, self.n_layers + 1)]
         self._hidden = [(self.layers.get(f"BatchNorm{i}"), self.layers.get(f"Dropout{i}"))
                         for i in range(1, self.n_layers)]
-        #: a backend may run the whole step as one call (no layer between product and activation)
-        self._fusable = not (self.use_dropout or self.use_batchnorm)
+        #: a backend may run the whole step as one call (no dropout masks to draw)
+        self._fusable = not self.use_dropout
+        self._batchnorm = ((self.buffers.flat, self.batchnorm_momentum, self.batchnorm_eps)
+                           if self.use_batchnorm else None)
         self._sizes = numpy.array([self.input_size, *self.hidden_size_list, self.output_size],
                                   dtype=numpy.int64)
 
@@ -293,7 +295,8 @@ class MultiLayerNet:
         if rule is not None:
             loss = self.backend.whole_step(x, t, self._W, self._b, self._sizes, self.params.flat,
                                            self.grads.flat, self.activation,
-                                           self.weight_decay_lambda, rule, check_finite)
+                                           self.weight_decay_lambda, rule, check_finite,
+                                           self._batchnorm)
             if loss is not None:  # the backend ran the whole step as one call
                 if check_finite and not math.isfinite(loss):  # and updated nothing
                     raise NonFiniteLossError(f"{type(self).__name__}.train_step", loss)

@@ -228,10 +228,10 @@ def test_a_failing_rank_ends_the_whole_job_quickly_and_is_named(tmp_path, mode, 
     assert result.returncode != 0 and elapsed < 10, (result.returncode, elapsed)
     assert "finished" not in result.stdout
     assert "RuntimeError: injected fault on step 3" in result.stderr
-    if mode == "excepthook":
+    if mode == "excepthook":  # fastbp's hook names the rank before it aborts
         assert "fastbp: rank 1 failed: RuntimeError: injected fault on step 3" in result.stderr
-    else:
-        assert "rank 1" in result.stderr  # the MPI library's abort message
+    # under ``python -m mpi4py`` only MPICH's own abort line names the rank, and that line
+    # races with the job's teardown: about one run in five (2 cores, loaded) loses it
 
 
 def test_data_parallel_on_a_gpu_backend_is_refused_clearly(monkeypatch):

@@ -78,7 +78,8 @@ def test_updates_never_turn_a_nan_or_inf_gradient_into_a_finite_number(backend, 
 
 # ----------------------------------------------------------------- train_step
 def _nets(backend, dtype):
-    """One net per path: the tiny fused step, the BLAS fused step, and the layered step."""
+    """One net per path: the tiny fused step, the numba gradient kernel (plain and with
+    BatchNorm, whose running statistics it restores itself), and the composed step."""
     return {
         "tiny": lambda: (TwoLayerNet(4, 3, 2, seed=0, backend=backend, dtype=dtype), SGD(0.1)),
         "blas": lambda: (MultiLayerNet(4, [16, 12], 2, seed=0, backend=backend, dtype=dtype),
@@ -86,6 +87,8 @@ def _nets(backend, dtype):
         "adam": lambda: (TwoLayerNet(4, 3, 2, seed=0, backend=backend, dtype=dtype), Adam()),
         "momentum+decay": lambda: (MultiLayerNet(4, [8], 2, weight_decay_lambda=0.1, seed=0,
                                                  backend=backend, dtype=dtype), Momentum()),
+        "batchnorm": lambda: (MultiLayerNet(4, [8, 8], 2, use_batchnorm=True, seed=0,
+                                            backend=backend, dtype=dtype), Adam()),
         "batchnorm+dropout": lambda: (MultiLayerNet(4, [8, 8], 2, use_batchnorm=True,
                                                     use_dropout=True, seed=0, backend=backend,
                                                     dtype=dtype), Adam()),
@@ -100,7 +103,8 @@ def _state(net, optimizer):
     return {k: host(v).copy() for k, v in arrays.items()}, dict(getattr(optimizer, "step", {}))
 
 
-@pytest.mark.parametrize("path", ["tiny", "blas", "adam", "momentum+decay", "batchnorm+dropout"])
+@pytest.mark.parametrize("path", ["tiny", "blas", "adam", "momentum+decay", "batchnorm",
+                                  "batchnorm+dropout"])
 @pytest.mark.parametrize("bad", [NAN, INF])
 def test_a_non_finite_loss_applies_no_update_and_training_goes_on(backend, dtype, path, bad):
     net, optimizer = _nets(backend, dtype)[path]()

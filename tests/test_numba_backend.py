@@ -72,28 +72,32 @@ def test_every_product_of_a_step_goes_through_one_gemm(monkeypatch):
     """
     calls = _count_products(monkeypatch)
     x, t = _problem((60, 40, 10), 2048, "float64", False)
-    assert x.shape[0] * (60 * 40 + 40 + 40 * 10 + 10) > numba_backend.WHOLE_STEP_FLOPS
+    assert x.shape[0] * (60 * 40 + 40 + 40 * 10 + 10) > numba_backend._FOLD_ABOVE["sgd_update"]
     net = MultiLayerNet(60, [40], 10, seed=0, backend="numba")
     net.train_step(x, t, SGD(lr=0.1))
     assert len(calls) == 5
     assert whole._numpy_blas_gemm is numba_blas._numpy_blas_gemm
 
 
-@pytest.mark.parametrize("sizes, batch, optimizer", [
-    ((64, 100, 100, 10), 32, "adam"),     # the whole-step kernel: a small net
-    ((784, 100, 100, 10), 100, "adam"),   # the kernel: Adam cannot fold
-    ((784, 100, 100, 10), 100, "momentum"),  # folds into the products instead
+@pytest.mark.parametrize("sizes, batch, optimizer, options, kernel", [
+    ((64, 100, 100, 10), 32, "adam", {}, True),     # the gradient kernel: a small net
+    ((784, 100, 100, 10), 100, "adam", {}, True),   # the kernel: Adam cannot fold
+    ((784, 100, 100, 10), 100, "momentum", {}, True),  # the kernel: cheaper than the fold here
+    ((784, 256, 256, 10), 128, "momentum", {}, False),  # folds into the products instead
+    ((784, 100, 100, 10), 100, "sgd", {}, False),       # folds: one product per weight
+    ((784, 256, 256, 10), 128, "sgd", {"use_batchnorm": True}, True),  # BatchNorm: the kernel
+    ((64, 100, 100, 10), 32, "adam", {"use_dropout": True}, False),  # dropout: composed
 ])
-def test_which_path_a_step_takes(monkeypatch, sizes, batch, optimizer):
+def test_which_path_a_step_takes(monkeypatch, sizes, batch, optimizer, options, kernel):
     from fastbp.optim import Adam, Momentum
 
     ran = []
-    real = whole.mlp_step
-    monkeypatch.setattr(whole, "mlp_step", lambda *a: ran.append(1) or real(*a))
+    real = whole.mlp_gradient
+    monkeypatch.setattr(whole, "mlp_gradient", lambda *a: ran.append(1) or real(*a))
     x, t = _problem(sizes, batch, "float64", False)
-    net = MultiLayerNet(sizes[0], list(sizes[1:-1]), sizes[-1], seed=0, backend="numba")
-    net.train_step(x, t, {"adam": Adam, "momentum": Momentum}[optimizer]())
-    assert len(ran) == (optimizer == "adam")
+    net = MultiLayerNet(sizes[0], list(sizes[1:-1]), sizes[-1], seed=0, backend="numba", **options)
+    net.train_step(x, t, {"adam": Adam, "momentum": Momentum, "sgd": SGD}[optimizer]())
+    assert len(ran) == kernel
 
 
 def test_layer_products_also_use_the_one_gemm(monkeypatch):
@@ -230,7 +234,7 @@ def test_suite_passes_without_jit():
 _FLOAT32_PROBE = """
 import re, numpy as np, numba
 from fastbp.nets import MultiLayerNet
-from fastbp.optim import SGD, Adam, Momentum
+from fastbp.optim import SGD, AdaGrad, Adam, Momentum, Nesterov, RMSprop
 from fastbp.backends.numba_kernels import batchnorm, dense, elementwise, softmax, tiny, updates, whole
 for sizes, batch, activation in [((2, 8, 2), 50, "relu"), ((2, 8, 2), 50, "sigmoid"),
                                  ((3, 6, 4), 50, "relu"), ((60, 40, 10), 64, "relu"),
@@ -239,8 +243,9 @@ for sizes, batch, activation in [((2, 8, 2), 50, "relu"), ((2, 8, 2), 50, "sigmo
                         backend="numba", dtype="float32")
     x = np.ones((batch, sizes[0]), np.float32)
     t = np.arange(batch) % sizes[-1]
-    net.train_step(x, t, SGD(0.1)); net.gradient(x, t); net.train_step(x, t, Adam())
-    net.train_step(x, t, Momentum())
+    net.train_step(x, t, SGD(0.1)); net.gradient(x, t)
+    for optimizer in (Adam(), Momentum(), Nesterov(), AdaGrad(), RMSprop()):
+        net.train_step(x, t, optimizer)
     net.train_step(x, np.eye(sizes[-1], dtype=np.float32)[t], SGD(0.1))
 bn = MultiLayerNet(6, [5], 3, use_batchnorm=True, seed=0, backend="numba", dtype="float32")
 bn.train_step(np.ones((8, 6), np.float32), np.arange(8) % 3, Adam()); bn.predict(np.ones((8, 6), np.float32))
@@ -261,8 +266,9 @@ def test_float32_kernels_do_no_float64_arithmetic(tmp_path):
     """Compiled afresh (cached code cannot be inspected), no float32 kernel computes in float64."""
     rows = [line.split() for line in _run(_FLOAT32_PROBE, NUMBA_CACHE_DIR=str(tmp_path)).splitlines()]
     arithmetic = {"_softmax_xent_serial", "_softmax_xent_parallel", "tiny_mlp_sgd_step",
-                  "act_backward_col_sums", "bias_act_forward", "optimizer_update",
-                  "batchnorm_forward", "batchnorm_backward", "mlp_step"}
+                  "act_backward_col_sums", "bias_act_forward", "sgd", "momentum",
+                  "nesterov", "adagrad", "rmsprop", "adam",
+                  "batchnorm_forward", "batchnorm_backward", "mlp_gradient"}
     assert arithmetic <= {name for name, _, _ in rows}
     assert all(int(float_ops) > 0 for name, float_ops, _ in rows if name in arithmetic)  # seen
     assert [name for name, _, double_ops in rows if int(double_ops)] == []

@@ -13,6 +13,7 @@ to the reference implementation.
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -38,11 +39,11 @@ _FLOATS = frozenset((np.dtype(np.float32), np.dtype(np.float64)))
 _ACTIVATIONS = {"identity": elementwise.IDENTITY, "relu": elementwise.RELU, "sigmoid": elementwise.SIGMOID}
 #: multiply-adds per step below which one compiled call with plain loops beats BLAS
 TINY_STEP_FLOPS = 1 << 16
-#: batch x parameters below which the plain-net kernel beats folding SGD/Momentum into products
-#: (by 1.4x at 64-100-100-10, B=32; about even from 784-100-100-10, B=100, on, where the
-#: kernel's compile, ~4 s once per cache, is not worth it)
-WHOLE_STEP_FLOPS = 1 << 20
-_FOLDING = ("sgd_update", "momentum_update")
+#: batch x parameters above which folding the update into the products beats the
+#: whole-step kernel, per foldable update: SGD folds from 784-50-10, B=100, on; Momentum's
+#: fold needs a second pass over W and v, and the kernel beats it by 1.1-1.3x at
+#: 784-100-100-10, B=100 to 256, until about 784-256-256-10, B=128
+_FOLD_ABOVE = {"sgd_update": 1 << 20, "momentum_update": 1 << 25}
 
 
 def _floats(*arrays):
@@ -64,25 +65,24 @@ def _contiguous_like(out, a):
     return out.dtype == a.dtype and out.flags.c_contiguous
 
 
-#: each fused update by name: its kernel kind, and its constants from the hyper-parameters,
+#: each fused update by name: its kernel, and its constants from the hyper-parameters,
 #: in the order the kernel (and the reference) applies them
 _UPDATE_KERNELS = {
-    "sgd_update": (updates.SGD, lambda lr: (lr,)),
-    "momentum_update": (updates.MOMENTUM, lambda lr, momentum: (lr, momentum)),
-    "nesterov_update": (updates.NESTEROV, lambda lr, momentum: (lr, momentum)),
-    "adagrad_update": (updates.ADAGRAD, lambda lr, eps: (lr, eps, 0, 0)),
-    "rmsprop_update": (updates.RMSPROP,
-                       lambda lr, decay, eps: (lr, eps, decay, 1 - decay)),
-    "adam_update": (updates.ADAM, lambda lr, beta1, beta2, step, eps: (
+    "sgd_update": (updates.sgd, lambda lr: (lr,)),
+    "momentum_update": (updates.momentum, lambda lr, momentum: (lr, momentum)),
+    "nesterov_update": (updates.nesterov, lambda lr, momentum: (lr, momentum)),
+    "adagrad_update": (updates.adagrad, lambda lr, eps: (lr, eps)),
+    "rmsprop_update": (updates.rmsprop, lambda lr, decay, eps: (lr, eps, decay, 1 - decay)),
+    "adam_update": (updates.adam, lambda lr, beta1, beta2, step, eps: (
         *adam_step_size(lr, beta1, beta2, step, eps), beta1, 1 - beta1, beta2, 1 - beta2)),
-    "apply_velocity": (updates.APPLY_VELOCITY, lambda decay: (decay,)),
+    "apply_velocity": (updates.apply_velocity, lambda decay: (decay,)),
 }
 
 
 def _kernel_update(name, hyper, dtype):
-    """``(kind, constants)`` of the fused update ``name`` for arrays of ``dtype``."""
-    kind, constants = _UPDATE_KERNELS[name]
-    return kind, np.array(constants(*hyper), dtype=dtype)
+    """``(kernel, constants)`` of the fused update ``name`` for arrays of ``dtype``."""
+    kernel, constants = _UPDATE_KERNELS[name]
+    return kernel, np.array(constants(*hyper), dtype=dtype)
 
 
 def _fused_update(name, arrays, hyper):
@@ -94,9 +94,8 @@ def _fused_update(name, arrays, hyper):
     dtype = arrays[0].dtype
     if dtype not in _FLOATS or not all(a.dtype == dtype and a.flags.c_contiguous for a in arrays):
         return False
-    flat = [a.reshape(-1) for a in arrays] + [arrays[0].reshape(-1)] * (4 - len(arrays))
-    kind, constants = _kernel_update(name, hyper, dtype)
-    updates.optimizer_update(kind, *flat, constants)
+    kernel, constants = _kernel_update(name, hyper, dtype)
+    kernel(*[a.reshape(-1) for a in arrays], constants)
     return True
 
 
@@ -263,26 +262,29 @@ class NumbaBackend(NumpyBackend):
             super().apply_velocity(param, velocity, decay)
 
     def whole_step(self, x, t, weights, biases, sizes, params, grads, activation, decay, rule,
-                   check_finite):
-        """One compiled call where it pays: the tiny-net SGD kernel, or the plain-net kernel
-        (:mod:`~fastbp.backends.numba_kernels.whole`) for small nets and for the updates
-        that cannot fold into a product."""
+                   check_finite, batchnorm=None):
+        """Compiled calls where they pay: the tiny-net SGD kernel, or the gradient kernel
+        (:mod:`~fastbp.backends.numba_kernels.whole`) and one fused update pass, for small
+        nets, BatchNorm nets and the updates that cannot fold into a product."""
         name, hyper, state = rule
-        if name == "sgd_update" and not decay:
+        if name == "sgd_update" and not decay and batchnorm is None:
             loss = self._tiny_sgd_step(x, t, weights, biases, params, activation, hyper[0],
                                        check_finite)
             if loss is not None:
                 return loss
         if not (numba_blas.IN_NUMBA and _floats(x, params) and x.flags.c_contiguous):
             return None
-        if name in _FOLDING and x.shape[0] * params.size > WHOLE_STEP_FLOPS:
-            return None  # the step's own path folds these updates into the products
-        kind, constants = _kernel_update(name, hyper, x.dtype)
-        s1, s2 = (*state, params, params)[:2]
-        work = self._scratch(x.dtype, whole.work_size(x.shape[0], sizes))
-        return x.dtype.type(whole.mlp_step(x, t, sizes, params, grads, _ACTIVATIONS[activation],
-                                           float(decay), kind, s1, s2, constants, work,
-                                           check_finite))
+        if batchnorm is None and x.shape[0] * params.size > _FOLD_ABOVE.get(name, math.inf):
+            return None  # the step's own path folds this update into the products
+        running, momentum, eps = batchnorm or (None, 0.0, 0.0)
+        kernel, constants = _kernel_update(name, hyper, x.dtype)
+        work = self._scratch(x.dtype, whole.work_size(x.shape[0], sizes, batchnorm is not None))
+        loss = x.dtype.type(whole.mlp_gradient(
+            x, t, sizes, params, grads, _ACTIVATIONS[activation], float(decay), work,
+            check_finite, running, float(momentum), float(eps)))
+        if not check_finite or math.isfinite(loss):
+            kernel(params, grads, *state, constants)
+        return loss
 
     def _scratch(self, dtype, size):
         """At least ``size`` elements of ``dtype``, the same memory step after step."""

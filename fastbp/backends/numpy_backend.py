@@ -299,14 +299,18 @@ class NumpyBackend:
         param += velocity
 
     def whole_step(self, x, t, weights, biases, sizes, params, grads, activation, decay, rule,
-                   check_finite):
-        """The whole step of a plain net (no BatchNorm, no dropout) as one call, where a backend
-        has one; None means "not here", and the net composes the blocks instead.
+                   check_finite, batchnorm=None):
+        """The whole step of a net without dropout as one call, where a backend has one; None
+        means "not here", and the net composes the blocks instead.
 
         The contract is ``train_step``'s: ``weights``/``biases`` are views of the
         flat ``params``, ``sizes`` the layer widths (input first, an int64
         array), gradients go to the flat ``grads``, ``decay`` is the
-        weight-decay lambda, ``rule`` is the optimizer's ``flat_rule``; returns the
-        loss, and with ``check_finite`` updates nothing when it is NaN or inf.
+        weight-decay lambda, ``rule`` is the optimizer's ``flat_rule``;
+        ``batchnorm`` is None, or for a BatchNorm after every hidden Affine
+        ``(running, momentum, eps)`` with ``running`` the flat running
+        statistics (``gamma``/``beta`` follow each hidden ``b`` in ``params``).
+        Returns the loss, and with ``check_finite`` updates nothing (running
+        statistics included) when it is NaN or inf.
         """
         return None

@@ -10,16 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from fastbp.backends.numba_kernels.elementwise import _act, _act_backward, _flushed
-
-
-@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
-def _dot(a, b):
-    """A dot product free to reorder its sum, so it vectorises (rounding ~1e-16 relative)."""
-    s = a[0] - a[0]
-    for i in range(a.shape[0]):
-        s += a[i] * b[i]
-    return s
+from fastbp.backends.numba_kernels.elementwise import _act, _act_backward, _dot, _flushed
 
 
 @njit(cache=True, error_model="numpy", fastmath={"reassoc"})

@@ -1,13 +1,17 @@
-"""A whole training step of a plain net (any depth, no BatchNorm or dropout) as one compiled call.
+"""The forward and backward pass of a net without dropout (any depth, BatchNorm or not) as one call.
 
-The same step as ``MultiLayerNet._step`` with a materialised gradient,
+The same pass as ``MultiLayerNet._step`` with a materialised gradient,
 block for block: products through NumPy's BLAS called from inside the
-kernel, bias + activation, softmax + cross-entropy + gradient, activation
-backward with the bias gradient, the weight-decay term, and then the
-optimizer's fused pass over the whole flat parameter buffer.  What it saves
-is the Python between the blocks, which is most of a small net's step.
-Only usable when :data:`fastbp.backends.numba_blas.IN_NUMBA` (NumPy's
-OpenBLAS reachable from numba).
+kernel, bias + activation (or bias, BatchNorm, activation), softmax +
+cross-entropy + gradient, activation backward (then BatchNorm's) with the
+bias gradient and the weight-decay term, into the net's flat gradient
+buffer; the backend then runs the optimizer's fused pass over the whole flat
+parameter buffer (a kernel of its own, so this one compiles once for every
+optimizer).  What it saves is the Python between the blocks, which is most
+of a small net's step.  A net without BatchNorm passes ``running=None``, and
+its specialisation compiles no BatchNorm code.  Only usable when
+:data:`fastbp.backends.numba_blas.IN_NUMBA` (NumPy's OpenBLAS reachable from
+numba).
 """
 
 from __future__ import annotations
@@ -16,52 +20,63 @@ import numpy as np
 from numba import njit
 
 from fastbp.backends.numba_blas import _numpy_blas_gemm
-from fastbp.backends.numba_kernels.elementwise import _act, _act_backward
+from fastbp.backends.numba_kernels.batchnorm import batchnorm_backward, batchnorm_forward
+from fastbp.backends.numba_kernels.elementwise import _act, _act_backward, _dot
 from fastbp.backends.numba_kernels.softmax import _sum, _xent_rows
-from fastbp.backends.numba_kernels.updates import optimizer_update
 
 
-def work_size(batch, sizes) -> int:
-    """Scratch elements of a step: every layer's activations, then two gradient buffers."""
-    return batch * (sum(sizes[1:]) + 2 * max(sizes[1:]))
+def work_size(batch, sizes, batchnorm=False) -> int:
+    """Scratch elements of a step: every layer's activations, two gradient buffers, and with
+    BatchNorm each hidden layer's normalised input, its inverse deviations and a copy of the
+    running statistics."""
+    hidden = sum(sizes[1:-1]) if batchnorm else 0
+    return batch * (sum(sizes[1:]) + 2 * max(sizes[1:])) + (batch + 3) * hidden
 
 
 @njit(cache=True, error_model="numpy")
-def mlp_step(x, t, sizes, p, g, act, lam, kind, s1, s2, c, work, check_finite):
-    """One step in place on the flat ``p`` (params), ``g`` (gradients) and state ``s1``, ``s2``.
+def mlp_gradient(x, t, sizes, p, g, act, lam, work, check_finite, running, momentum, eps):
+    """The loss, and its gradient into the flat ``g`` at the flat parameters ``p``.
 
     ``sizes`` are the layer widths, input first; ``p`` and ``g`` hold
-    ``W1, b1, W2, b2, ...`` in order; ``kind`` and ``c`` are the update's
-    code and constants (see :func:`~.updates.optimizer_update`).  Returns
-    the loss; with ``check_finite`` a NaN or inf loss returns before
-    anything is updated.  ``work`` is scratch of at least
-    :func:`work_size` elements, reused from step to step (a fresh array of
-    megabytes each step costs its page faults every time).
+    ``W1, b1, [gamma1, beta1,] W2, ...`` in order, the BatchNorm ones when
+    ``running`` (the flat ``running_mean1, running_var1, ...``) is not None;
+    they are updated in place with ``momentum``, normalising with ``eps``.
+    With ``check_finite`` a NaN or inf loss returns before the backward pass,
+    with the running statistics as they were.  ``work`` is scratch of at
+    least :func:`work_size` elements, reused from step to step (a fresh array
+    of megabytes each step costs its page faults every time).
     """
     n, layers = x.shape[0], sizes.size - 1
     dtype = x.dtype.type
     one, lam = dtype(1), dtype(lam)
-    widest = 0
-    for w in sizes[1:]:
-        widest = max(widest, w)
-    starts = np.empty(layers + 1, dtype=np.int64)  # where each layer's W (and its output) starts
-    starts[0] = 0
-    for layer in range(layers):
-        starts[layer + 1] = starts[layer] + sizes[layer] * sizes[layer + 1] + sizes[layer + 1]
+    starts = _starts(sizes, running is not None)
+    if running is not None:
+        saved = _saved_statistics(work, sizes, n, running.size)
+        saved[:] = running
 
     for layer in range(layers):
         W, b = _weights(p, starts, sizes, layer)
         z = _output(work, sizes, n, layer)
         _numpy_blas_gemm(_input(x, work, sizes, n, layer), W, z, False, False, 1.0, 0.0)
-        if layer < layers - 1:
+        if layer == layers - 1:
+            break
+        if running is None:
             for i in range(n):
                 for j in range(z.shape[1]):
                     z[i, j] = _act(z[i, j] + b[j], act, one)
+        else:
+            for i in range(n):
+                for j in range(z.shape[1]):
+                    z[i, j] += b[j]
+            gamma, beta = _norm(p, starts, sizes, layer)
+            mean, var = _statistics(running, sizes, layer)
+            xn, inv_std = _normalised(work, sizes, n, layer)
+            batchnorm_forward(z, gamma, beta, mean, var, momentum, eps, True, z, xn, inv_std)
+            for i in range(n):
+                for j in range(z.shape[1]):
+                    z[i, j] = _act(z[i, j], act, one)
     classes = sizes[layers]
-    total = 0
-    for w in sizes[1:]:
-        total += n * w
-    here, there = work[total:total + n * widest], work[total + n * widest:total + 2 * n * widest]
+    here, there = _gradient_buffers(work, sizes, n)
     d = here[:n * classes].reshape((n, classes))
     losses = np.empty(n, dtype=x.dtype)
     _, b = _weights(p, starts, sizes, layers - 1)
@@ -70,10 +85,12 @@ def mlp_step(x, t, sizes, p, g, act, lam, kind, s1, s2, c, work, check_finite):
     if lam != 0:
         squares = loss - loss
         for layer in range(layers):
-            for k in range(starts[layer], starts[layer] + sizes[layer] * sizes[layer + 1]):
-                squares += p[k] * p[k]
+            W = p[starts[layer]:starts[layer] + sizes[layer] * sizes[layer + 1]]
+            squares += _dot(W, W)  # a plain loop would wait on every add in turn
         loss += dtype(0.5) * lam * squares
     if check_finite and not np.isfinite(loss):
+        if running is not None:
+            running[:] = saved
         return loss
 
     for layer in range(layers - 1, -1, -1):
@@ -96,10 +113,27 @@ def mlp_step(x, t, sizes, p, g, act, lam, kind, s1, s2, c, work, check_finite):
         for i in range(n):
             for j in range(below.shape[1]):
                 below[i, j] = _act_backward(below[i, j], a_in[i, j], act, one)
+        if running is not None:
+            gamma, _ = _norm(p, starts, sizes, layer - 1)
+            dgamma, dbeta = _norm(g, starts, sizes, layer - 1)
+            xn, inv_std = _normalised(work, sizes, n, layer - 1)
+            batchnorm_backward(below, xn, inv_std, gamma, True, below, dgamma, dbeta)
         here, there = there, here
         d = below
-    optimizer_update(kind, p, g, s1, s2, c)
     return loss
+
+
+@njit(cache=True, error_model="numpy")
+def _starts(sizes, batchnorm):
+    """Where each layer's ``W`` starts in the flat parameters, and the end."""
+    layers = sizes.size - 1
+    starts = np.empty(layers + 1, dtype=np.int64)
+    starts[0] = 0
+    for layer in range(layers):
+        width = sizes[layer + 1]
+        vectors = 3 if batchnorm and layer < layers - 1 else 1  # b, and gamma and beta
+        starts[layer + 1] = starts[layer] + sizes[layer] * width + vectors * width
+    return starts
 
 
 @njit(cache=True, error_model="numpy")
@@ -107,6 +141,64 @@ def _weights(flat, starts, sizes, layer):
     """Layer ``layer``'s ``(W, b)`` as views of the flat ``flat``."""
     rows, cols, at = sizes[layer], sizes[layer + 1], starts[layer]
     return flat[at:at + rows * cols].reshape((rows, cols)), flat[at + rows * cols:at + rows * cols + cols]
+
+
+@njit(cache=True, error_model="numpy")
+def _norm(flat, starts, sizes, layer):
+    """Hidden layer ``layer``'s ``(gamma, beta)`` as views of the flat ``flat``."""
+    cols = sizes[layer + 1]
+    at = starts[layer] + sizes[layer] * cols + cols
+    return flat[at:at + cols], flat[at + cols:at + 2 * cols]
+
+
+@njit(cache=True, error_model="numpy")
+def _statistics(running, sizes, layer):
+    """Hidden layer ``layer``'s ``(running_mean, running_var)`` as views of the flat ``running``."""
+    at, cols = 2 * _hidden_before(sizes, layer), sizes[layer + 1]
+    return running[at:at + cols], running[at + cols:at + 2 * cols]
+
+
+@njit(cache=True, error_model="numpy")
+def _hidden_before(sizes, layer):
+    """The widths of the hidden layers before ``layer``, summed."""
+    total = 0
+    for k in range(1, layer + 1):
+        total += sizes[k]
+    return total
+
+
+@njit(cache=True, error_model="numpy")
+def _gradient_buffers(work, sizes, n):
+    """The two ``n x widest`` buffers the backward pass alternates between, after the outputs."""
+    at, widest = _outputs_size(sizes, n)
+    return work[at:at + n * widest], work[at + n * widest:at + 2 * n * widest]
+
+
+@njit(cache=True, error_model="numpy")
+def _normalised(work, sizes, n, layer):
+    """Hidden layer ``layer``'s BatchNorm ``(xn, inv_std)`` in the scratch, after the buffers."""
+    outputs, widest = _outputs_size(sizes, n)
+    base, hidden, cols = outputs + 2 * n * widest, _hidden_before(sizes, sizes.size - 2), sizes[layer + 1]
+    at, inv = base + n * _hidden_before(sizes, layer), base + n * hidden + _hidden_before(sizes, layer)
+    return work[at:at + n * cols].reshape((n, cols)), work[inv:inv + cols]
+
+
+@njit(cache=True, error_model="numpy")
+def _saved_statistics(work, sizes, n, size):
+    """Room for a copy of the running statistics, at the end of the scratch."""
+    outputs, widest = _outputs_size(sizes, n)
+    at = outputs + 2 * n * widest + (n + 1) * _hidden_before(sizes, sizes.size - 2)
+    return work[at:at + size]
+
+
+@njit(cache=True, error_model="numpy")
+def _outputs_size(sizes, n):
+    """Scratch elements of every layer's output, and the widest layer."""
+    widest, total = 0, 0
+    for w in sizes[1:]:
+        widest = max(widest, w)
+        total += n * w
+    return total, widest
 
 
 @njit(cache=True, error_model="numpy")

@@ -29,8 +29,9 @@ def work_size(batch, sizes, batchnorm=False) -> int:
     """Scratch elements of a step: every layer's activations, two gradient buffers, and with
     BatchNorm each hidden layer's normalised input, its inverse deviations and a copy of the
     running statistics."""
-    hidden = sum(sizes[1:-1]) if batchnorm else 0
-    return batch * (sum(sizes[1:]) + 2 * max(sizes[1:])) + (batch + 3) * hidden
+    widths = sizes[1:].tolist()  # Python ints: summing NumPy ones costs microseconds a step
+    hidden = sum(widths[:-1]) if batchnorm else 0
+    return batch * (sum(widths) + 2 * max(widths)) + (batch + 3) * hidden
 
 
 @njit(cache=True, error_model="numpy")

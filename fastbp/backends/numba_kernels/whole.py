@@ -53,7 +53,8 @@ def mlp_gradient(x, t, sizes, p, g, act, lam, work, check_finite, running, momen
     starts = _starts(sizes, running is not None)
     if running is not None:
         saved = _saved_statistics(work, sizes, n, running.size)
-        saved[:] = running
+        for k in range(running.size):  # element loops: slice assignment compiles seconds more
+            saved[k] = running[k]
 
     for layer in range(layers):
         W, b = _weights(p, starts, sizes, layer)
@@ -91,7 +92,8 @@ def mlp_gradient(x, t, sizes, p, g, act, lam, work, check_finite, running, momen
         loss += dtype(0.5) * lam * squares
     if check_finite and not np.isfinite(loss):
         if running is not None:
-            running[:] = saved
+            for k in range(running.size):
+                running[k] = saved[k]
         return loss
 
     for layer in range(layers - 1, -1, -1):

@@ -40,7 +40,7 @@ _ACTIVATIONS = {"identity": elementwise.IDENTITY, "relu": elementwise.RELU, "sig
 #: multiply-adds per step below which one compiled call with plain loops beats BLAS
 TINY_STEP_FLOPS = 1 << 16
 #: batch x parameters above which folding the update into the products beats the
-#: whole-step kernel, per foldable update: SGD folds from 784-50-10, B=100, on; Momentum's
+#: gradient kernel, per foldable update: SGD folds from 784-50-10, B=100, on; Momentum's
 #: fold needs a second pass over W and v, and the kernel beats it by 1.1-1.3x at
 #: 784-100-100-10, B=100 to 256, until about 784-256-256-10, B=128
 _FOLD_ABOVE = {"sgd_update": 1 << 20, "momentum_update": 1 << 25}
@@ -104,7 +104,7 @@ class NumbaBackend(NumpyBackend):
     compiled_kernels = True
 
     def __init__(self):
-        self._scratches = {}  # dtype -> the whole-step kernel's scratch, grown as needed
+        self._scratches = {}  # dtype -> the gradient kernel's scratch, grown as needed
 
     def info(self) -> dict:
         cache = os.environ.get("NUMBA_CACHE_DIR") or "(next to the fastbp sources, __pycache__)"

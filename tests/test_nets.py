@@ -361,13 +361,15 @@ def test_batchnorm_net_agrees_with_the_reference(accelerated, dtype, activation)
     assert_close(ours.predict(accelerated.asarray(x)), ref.predict(x), dtype, "predict")
 
 
-@pytest.mark.parametrize("optimizer", ["SGD", "Momentum", "Adam"])
-def test_batchnorm_train_steps_agree_with_the_reference(accelerated, dtype, optimizer):
+@pytest.mark.parametrize("optimizer, activation", [("SGD", "relu"), ("Momentum", "sigmoid"),
+                                                    ("Adam", "relu"), ("Adam", "sigmoid")])
+def test_batchnorm_train_steps_agree_with_the_reference(accelerated, dtype, optimizer, activation):
     """The accelerated step (numba's: one compiled call, BatchNorm included) against the
     NumPy reference, step after step."""
     x, t = _batch(10, 6, 3)
-    nets = [MultiLayerNet(6, [5, 4], 3, use_batchnorm=True, weight_decay_lambda=0.1, seed=3,
-                          backend=b, dtype=dtype) for b in (accelerated, "numpy")]
+    nets = [MultiLayerNet(6, [5, 4], 3, activation=activation, use_batchnorm=True,
+                          weight_decay_lambda=0.1, seed=3, backend=b, dtype=dtype)
+            for b in (accelerated, "numpy")]
     optimizers = [OPTIMIZER_MAKERS[optimizer]() for _ in nets]
     batches = [(accelerated.asarray(x), accelerated.asarray(t)), (x, t)]
     # the biases before a BatchNorm have a true gradient of 0: SGD and Momentum keep them at

@@ -168,10 +168,10 @@ class Trainer:
 
     def _check_params(self, epoch):
         """Refuse to go on from an update that overflowed although its loss was finite."""
-        params = self.net.params
-        if self.net.backend.all_finite(list(params.values())):
+        params, be = self.net.params, self.net.backend
+        if be.all_finite(params.flat):  # every parameter is a view of it: one pass
             return
-        bad = next(k for k, p in params.items() if not self.net.backend.all_finite([p]))
+        bad = next(k for k, p in params.items() if not be.all_finite(p))
         raise FloatingPointError(
             f"Trainer: after epoch {epoch} params[{bad!r}] holds NaN or inf: the last updates "
             f"overflowed. The learning rate is {self.optimizer.lr:g}: lower it")

@@ -70,10 +70,9 @@ class NumpyBackend:
     def synchronize(self):
         """Wait for queued work to finish (a no-op on the host)."""
 
-    def all_finite(self, arrays) -> bool:
-        """True when no array holds NaN or inf (one device synchronisation on a GPU)."""
-        xp = self.xp
-        return bool(xp.stack([xp.isfinite(a).all() for a in arrays]).all()) if arrays else True
+    def all_finite(self, array) -> bool:
+        """True when ``array`` holds no NaN or inf (one device synchronisation on a GPU)."""
+        return bool(self.xp.isfinite(array).all())
 
     # ----------------------------------------------------------------- affine
     def affine_forward(self, x, W, b):
@@ -186,6 +185,7 @@ class NumpyBackend:
         same rule inside its fused passes, so results agree exactly.
         """
         self.xp.copyto(a, 0, where=abs(a) < numpy.finfo(a.dtype).tiny)
+
     def sgd_update(self, param, grad, lr):
         """In place: ``param -= lr * grad``."""
         param -= lr * grad

@@ -10,16 +10,19 @@ imports it, so ``import fastbp`` never loads numba):
   backward, column sums (bias gradients);
 - :mod:`.softmax`: softmax + cross-entropy and its gradient, the label range;
 - :mod:`.batchnorm`: BatchNorm forward (statistics and running averages) and backward;
-- :mod:`.updates`: the fused optimizer updates and their kind codes;
+- :mod:`.updates`: the fused optimizer updates, one kernel per rule;
 - :mod:`.fpmode`: flush-to-zero / denormals-are-zero around fastbp's own passes;
-- :mod:`.tiny`: a whole SGD step of a tiny net as one compiled call.
+- :mod:`.tiny`: a whole SGD step of a tiny net as one compiled call;
+- :mod:`.whole`: the forward and backward pass of any net without dropout as
+  one compiled call, BLAS called from inside it.
 
 Conventions every kernel keeps, so results equal the NumPy reference:
 
 - Scalars arrive as Python numbers and each kernel casts them to its
   arrays' dtype (``x.dtype.type(v)``): a float64 scalar would promote
   float32 arithmetic inside numba, and NumPy scalar arguments take the
-  dispatcher twice as long as Python floats.
+  dispatcher twice as long as Python floats.  The update kernels take their
+  constants as one array already in that dtype, in the reference's order.
 - ``error_model="numpy"``: division by zero gives inf/nan as in NumPy instead
   of a Python exception, whose check kept loops with a division from
   vectorising (the optimizer updates ran 8x slower).

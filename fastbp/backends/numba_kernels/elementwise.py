@@ -1,7 +1,8 @@
 """Per-element helpers shared by several jobs: activations, their gradients, the flush, a dot.
 
-Activations are coded as ``IDENTITY``, ``RELU``, ``SIGMOID``; the codes are
-compile-time constants inside the kernels that branch on them.
+Activations are coded as ``IDENTITY``, ``RELU``, ``SIGMOID``: plain ints the
+kernels take as an argument and branch on, so one compilation serves every
+activation.
 """
 
 from __future__ import annotations

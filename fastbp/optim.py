@@ -23,10 +23,22 @@ defaults to ``lr=1e-3`` and no momentum, and the textbook (and fastbp) to
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from fastbp.backends import get_backend
 from fastbp.checks import check_number
 
 __all__ = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "clip_by_global_norm"]
+
+
+@dataclass(slots=True)
+class _SharedCount:
+    """The update count every key of one params buffer shares, and that buffer's flat state."""
+
+    flat: object
+    names: tuple
+    count: int
+    state: list
 
 
 def _positive(owner, argument, value):
@@ -78,12 +90,20 @@ class Optimizer:
         self.clip_norm = None if clip_norm is None else _positive(self, "clip_norm", clip_norm)
         for name in self.state_names:
             setattr(self, name, {})
-        #: ``step[key]``: how many updates each parameter has had
-        self.step = {}
+        self._steps = {}  # key -> its update count, but see _uniform
         self._flat = {}  # state name -> (the params buffer it is laid out for, flat state)
-        #: (params buffer, the step count all its keys share, flat state): saves a whole step
-        #: the bookkeeping of every key; any per-key update forgets it
+        #: the :class:`_SharedCount` of the last one-pass update, counted in O(1) a step and
+        #: written to ``_steps`` when ``step`` is read; any per-key update forgets it
         self._uniform = None
+
+    @property
+    def step(self) -> dict:
+        """``step[key]``: how many updates each parameter has had."""
+        held = self._uniform
+        if held is not None:
+            for key in held.names:
+                self._steps[key] = held.count
+        return self._steps
 
     def update(self, params, grads, backend=None):
         """Update ``params`` in place from ``grads`` (dicts with the same keys and shapes).
@@ -105,9 +125,10 @@ class Optimizer:
 
     def _count_one(self, key) -> int:
         """One more update of ``key`` (the keys may no longer share one count); the new count."""
+        steps = self.step
         self._uniform = None
-        self.step[key] = self.step.get(key, 0) + 1
-        return self.step[key]
+        steps[key] = steps.get(key, 0) + 1
+        return steps[key]
 
     def update_flat(self, params, grads, backend):
         """One fused pass over a whole net: ``params`` and ``grads`` are a net's
@@ -140,23 +161,23 @@ class Optimizer:
     def _one_pass(self, params, backend):
         """``flat_rule`` whatever the clipping: None while the keys' step counts differ."""
         held = self._uniform
-        if held is None or held[0] is not params.flat:
+        if held is None or held.flat is not params.flat:
             steps = {self.step.get(key, 0) for key in params.names}
             if len(steps) > 1:
                 return None
-            held = self._uniform = (params.flat, steps.pop(),
-                                    [self._flat_state(backend, n, params) for n in self.state_names])
-        name, hyper = self.update_rule(held[1] + 1)
-        return name, hyper, held[2]
+            held = self._uniform = _SharedCount(
+                params.flat, params.names, steps.pop(),
+                [self._flat_state(backend, n, params) for n in self.state_names])
+        name, hyper = self.update_rule(held.count + 1)
+        return name, hyper, held.state
 
     def count_flat(self, params):
-        """One more update of every parameter of ``params``."""
-        step = self.step
-        for key in params.names:
-            step[key] = step.get(key, 0) + 1
+        """One more update of every parameter of ``params``, after its ``flat_rule`` ran."""
         held = self._uniform
-        if held is not None and held[0] is params.flat:
-            self._uniform = (held[0], held[1] + 1, held[2])
+        if held is None or held.flat is not params.flat:
+            raise RuntimeError(f"{type(self).__name__}.count_flat: no flat_rule of these params "
+                               "to count; call flat_rule first")
+        held.count += 1
 
     @property
     def folds_products(self) -> bool:

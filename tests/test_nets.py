@@ -486,3 +486,25 @@ def test_one_optimizer_may_mix_train_step_and_update(backend, optimizer):
     assert opt_mixed.step == opt_manual.step == {key: 4 for key in manual.params}
     for key in manual.params:
         assert_close(mixed.params[key], manual.params[key], "float64", key)
+
+
+@pytest.mark.parametrize("optimizer", ["Adam", "SGD"])
+def test_step_counts_read_between_steps(backend, optimizer):
+    """A step counts every key at once; reading ``step`` between steps sees every count."""
+    x, t = (backend.asarray(a) for a in _batch(10, 6, 3))
+    net, opt = MultiLayerNet(6, [5, 4], 3, seed=5, backend=backend), OPTIMIZER_MAKERS[optimizer]()
+    for step in range(1, 4):
+        net.train_step(x, t, opt)
+        assert opt.step == {key: step for key in net.params}
+
+
+def test_count_flat_without_its_flat_rule_is_refused(backend):
+    net, opt = MultiLayerNet(6, [5], 3, seed=5, backend=backend), Adam()
+    with pytest.raises(RuntimeError, match=r"Adam\.count_flat: no flat_rule of these params"):
+        opt.count_flat(net.params)
+    assert opt.step == {}
+    other = MultiLayerNet(6, [5], 3, seed=6, backend=backend)
+    assert opt.flat_rule(other.params, net.backend) is not None
+    with pytest.raises(RuntimeError, match="call flat_rule first"):
+        opt.count_flat(net.params)
+    assert not any(opt.step.values())  # nothing was updated

@@ -35,6 +35,17 @@ class FlatArrays(MutableMapping):
             start += size
         return views
 
+    def __getstate__(self):
+        """Copies and pickles hold the buffer; the views are made again from it (a copied view
+        would be an array of its own, and assignments to it would miss the buffer)."""
+        state = self.__dict__.copy()
+        del state["_arrays"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._arrays = self.views_of(self.flat)
+
     def zeros_like(self, owner) -> FlatArrays:
         """A new set with the same names and shapes, all zero."""
         return FlatArrays(owner, self.backend, self.flat.dtype, self._shapes)

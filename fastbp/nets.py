@@ -155,17 +155,35 @@ class MultiLayerNet:
             if self.use_dropout:
                 self.layers[f"Dropout{i}"] = Dropout(self.dropout_ratio, be, dropout_seeds[i - 1])
         self.last_layer = SoftmaxWithLoss(be)
-        # what the step reads, by layer (views: assignments to params reach them too)
-        self._W = [p[f"W{i}"] for i in range(1, self.n_layers + 1)]
-        self._b = [p[f"b{i}"] for i in range(1, self.n_layers + 1)]
         self._hidden = [(self.layers.get(f"BatchNorm{i}"), self.layers.get(f"Dropout{i}"))
                         for i in range(1, self.n_layers)]
         #: a backend may run the whole step as one call (no dropout masks to draw)
         self._fusable = not self.use_dropout
-        self._batchnorm = ((self.buffers.flat, self.batchnorm_momentum, self.batchnorm_eps)
-                           if self.use_batchnorm else None)
         self._sizes = numpy.array([self.input_size, *self.hidden_size_list, self.output_size],
                                   dtype=numpy.int64)
+        self._link()
+
+    def _link(self):
+        """Point the layers and what the step reads at the views of ``params`` and ``buffers``."""
+        p, buffers = self.params, self.buffers
+        for i in range(1, self.n_layers + 1):
+            affine = self.layers[f"Affine{i}"]
+            affine.W, affine.b = p[f"W{i}"], p[f"b{i}"]
+            batchnorm = self.layers.get(f"BatchNorm{i}")
+            if batchnorm is not None:
+                batchnorm.gamma, batchnorm.beta = p[f"gamma{i}"], p[f"beta{i}"]
+                batchnorm.running_mean = buffers[f"running_mean{i}"]
+                batchnorm.running_var = buffers[f"running_var{i}"]
+        self._W = [p[f"W{i}"] for i in range(1, self.n_layers + 1)]
+        self._b = [p[f"b{i}"] for i in range(1, self.n_layers + 1)]
+        self._batchnorm = ((buffers.flat, self.batchnorm_momentum, self.batchnorm_eps)
+                           if self.use_batchnorm else None)
+
+    def __setstate__(self, state):
+        """A copy (``copy.deepcopy``, pickle) holds its layers' arrays as copies of their own;
+        link them to its flat buffers again, or its updates would never reach the layers."""
+        self.__dict__.update(state)
+        self._link()
 
     # ------------------------------------------------------------- validation
     def _prepare(self, x, t=None, where="forward", check_labels=True):

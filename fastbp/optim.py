@@ -96,6 +96,13 @@ class Optimizer:
         #: written to ``_steps`` when ``step`` is read; any per-key update forgets it
         self._uniform = None
 
+    def __getstate__(self):
+        """Copies and pickles hold the state and counts per key; the flat state is made again
+        on the next one-pass update (a copied view would no longer be part of it)."""
+        state = self.__dict__.copy()
+        state.update(_steps=dict(self.step), _flat={}, _uniform=None)
+        return state
+
     @property
     def step(self) -> dict:
         """``step[key]``: how many updates each parameter has had."""

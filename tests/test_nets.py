@@ -1,3 +1,6 @@
+import copy
+import pickle
+
 import numpy
 import pytest
 from conftest import BACKENDS, assert_close, host
@@ -508,3 +511,29 @@ def test_count_flat_without_its_flat_rule_is_refused(backend):
     with pytest.raises(RuntimeError, match="call flat_rule first"):
         opt.count_flat(net.params)
     assert not any(opt.step.values())  # nothing was updated
+
+
+@pytest.mark.parametrize("duplicate", ["deepcopy", "pickle"])
+@pytest.mark.parametrize("options", ["plain", "dropout", "batchnorm"])
+@pytest.mark.parametrize("optimizer", ["Adam", "Momentum", "SGD"])
+def test_a_copied_net_and_optimizer_train_on_as_the_original(backend, duplicate, options, optimizer):
+    """A copy's layers and flat buffers are one set of arrays again, so its steps take effect
+    (copied views used to become arrays of their own, and the copy stopped learning)."""
+    x, t = (backend.asarray(a) for a in _batch(10, 6, 3))
+    net = MultiLayerNet(6, [5, 4], 3, seed=5, backend=backend, **NET_OPTIONS[options][0])
+    opt = OPTIMIZER_MAKERS[optimizer]()
+    for _ in range(2):
+        net.train_step(x, t, opt)
+    twin, twin_opt = (copy.deepcopy((net, opt)) if duplicate == "deepcopy"
+                      else pickle.loads(pickle.dumps((net, opt))))
+    assert twin.backend is net.backend
+    assert twin.layers["Affine1"].W is twin.params["W1"]
+    start = _snapshot(twin)
+    for _ in range(3):
+        assert float(twin.train_step(x, t, twin_opt)) == float(net.train_step(x, t, opt))
+    assert twin_opt.step == opt.step
+    for key in net.params:
+        assert not numpy.array_equal(host(twin.params[key]), start[key]), key
+        numpy.testing.assert_array_equal(host(twin.params[key]), host(net.params[key]))
+    for key in net.buffers:
+        numpy.testing.assert_array_equal(host(twin.buffers[key]), host(net.buffers[key]))

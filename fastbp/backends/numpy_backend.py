@@ -35,6 +35,12 @@ class NumpyBackend:
     compiled_kernels = False
     gpu = False
 
+    def __reduce__(self):
+        """A copied or unpickled backend is the registry's one of that name, not a second one."""
+        from fastbp.backends import get_backend
+
+        return get_backend, (self.name,)
+
     # ----------------------------------------------------------------- arrays
     def asarray(self, x, dtype=None):
         """``x`` as an array of this backend (no copy when it already is one)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 
 import numpy
 
@@ -43,6 +44,18 @@ class NonFiniteLossError(FloatingPointError):
             "overflow (lower it)")
 
 
+def _shared_mapping(name):
+    """``net.<name>`` (params, buffers, grads): read-only, since the layers, the step and the
+    checkpoints all hold its arrays; a replaced mapping would be seen by some of them only."""
+
+    def refuse(net, value):
+        raise AttributeError(f"{type(net).__name__}.{name} cannot be replaced: the layers, the "
+                             f"training step and the checkpoints share its arrays; assign into "
+                             f"it (net.{name}[key] = array) or use fastbp.train.load_params")
+
+    return property(operator.attrgetter(f"_{name}"), refuse)
+
+
 class MultiLayerNet:
     """Affine -> [BatchNorm] -> activation -> [Dropout] -> ... -> Affine -> SoftmaxWithLoss.
 
@@ -67,6 +80,11 @@ class MultiLayerNet:
     gradient and the update of every ``train_step`` (a data-parallel
     allreduce goes there); the gradients are then always materialised.
     """
+
+    params = _shared_mapping("params")
+    #: non-trainable state saved with checkpoints (BatchNorm running statistics)
+    buffers = _shared_mapping("buffers")
+    grads = _shared_mapping("grads")
 
     def __init__(self, input_size, hidden_size_list, output_size, activation="relu",
                  weight_init_std="relu", weight_decay_lambda=0.0, use_dropout=False,
@@ -102,10 +120,9 @@ class MultiLayerNet:
                 params[f"gamma{i}"], params[f"beta{i}"] = numpy.ones(n_out), numpy.zeros(n_out)
                 buffers[f"running_mean{i}"] = numpy.zeros(n_out)
                 buffers[f"running_var{i}"] = numpy.ones(n_out)
-        self.params = self._flat(f"{name}.params", params)
-        #: non-trainable state saved with checkpoints (BatchNorm running statistics)
-        self.buffers = self._flat(f"{name}.buffers", buffers)
-        self.grads = self.params.zeros_like(f"{name}.grads")
+        self._params = self._flat(f"{name}.params", params)
+        self._buffers = self._flat(f"{name}.buffers", buffers)
+        self._grads = self._params.zeros_like(f"{name}.grads")
         self.gradient_hook = None
         # drawn after the weights, so the same seed gives the same weights with or without dropout
         dropout_seeds = host_rng.integers(2**63, size=len(self.hidden_size_list))
@@ -265,17 +282,21 @@ class MultiLayerNet:
         self._step(x, t, None, check_finite=False)
         return {key: grad.copy() for key, grad in self.grads.items()}
 
-    def numerical_gradient(self, x, t, h=1e-4):
+    def numerical_gradient(self, x, t, h=1e-4, blocks=None):
         """Central-difference gradients (slow: two forward passes per parameter).
 
         Dropout layers keep the masks of the last training forward pass (so
         the result compares with the ``gradient`` just before), and BatchNorm
-        running statistics are restored afterwards.
+        running statistics are restored afterwards.  ``blocks``, a dict of
+        ``{key: slice}``, differentiates by those elements of each flattened
+        parameter only (a sample of a big net), returned as 1-D arrays.
         """
         x, t = self._prepare(x, t, where="numerical_gradient")
+        arrays = self.params if blocks is None else {
+            key: self.params[key].reshape(-1)[block] for key, block in blocks.items()}
         with self.repeatable_training_passes():
             return {key: numerical_gradient(lambda _: self._loss(x, t), param, h)
-                    for key, param in self.params.items()}
+                    for key, param in arrays.items()}
 
     @contextlib.contextmanager
     def repeatable_training_passes(self):

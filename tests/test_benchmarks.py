@@ -139,18 +139,6 @@ def test_other_load_leaves_out_this_process(monkeypatch):
     assert OtherLoad().share() == pytest.approx((3.0 - 1.0) / (1.0 * 4))
 
 
-def test_sampled_numerical_gradient_matches_the_full_one_and_restores_params():
-    net, x, t = gradients.make_problem(Shape(6, 5, 3, 4), fastbp.get_backend())
-    full = net.numerical_gradient(x, t)
-    params = net.params
-    blocks = gradients.random_blocks(net.params, 10, numpy.random.default_rng(0))
-    sampled = gradients.numerical_on_blocks(net, x, t, blocks)
-    assert net.params is params
-    assert sum(b.stop - b.start for b in blocks.values()) >= 4  # at least one of each array
-    for key, block in blocks.items():
-        numpy.testing.assert_allclose(sampled[key], full[key].reshape(-1)[block], rtol=1e-12)
-
-
 def test_train_step_table_shows_ratios_to_numba_and_what_was_skipped():
     timing = {name: {"median_s": t, "spread": 0.1} for name, t in
               (("textbook", 4e-3), ("fastbp-numba", 2e-3), ("floor", 1e-3))}

@@ -457,6 +457,10 @@ def test_bad_assignments_to_params_change_nothing(backend):
         del net.params["b2"]
     with pytest.raises(ValueError, match="running_mean1"):
         net.buffers["running_mean1"] = numpy.zeros(3)
+    for name in ("params", "buffers", "grads"):
+        with pytest.raises(AttributeError, match=rf"TwoLayerNet.{name} cannot be replaced: .*"
+                                                 rf"assign into it \(net.{name}\[key\] = array\)"):
+            setattr(net, name, {key: numpy.zeros(v.shape) for key, v in before.items()})
     assert list(net.params) == ["W1", "b1", "W2", "b2"]
     for key, value in before.items():
         numpy.testing.assert_array_equal(host(net.params[key]), value)
@@ -537,3 +541,15 @@ def test_a_copied_net_and_optimizer_train_on_as_the_original(backend, duplicate,
         numpy.testing.assert_array_equal(host(twin.params[key]), host(net.params[key]))
     for key in net.buffers:
         numpy.testing.assert_array_equal(host(twin.buffers[key]), host(net.buffers[key]))
+
+
+def test_numerical_gradient_on_blocks_matches_the_full_one(backend):
+    net = MultiLayerNet(6, [5], 3, seed=0, backend=backend)
+    x, t = (backend.asarray(a) for a in _batch(4, 6, 3))
+    full = net.numerical_gradient(x, t)
+    blocks = {"W1": slice(3, 9), "b1": slice(0, 2), "W2": slice(14, 15), "b2": slice(1, 3)}
+    sampled = net.numerical_gradient(x, t, blocks=blocks)
+    assert list(sampled) == list(blocks)
+    for key, block in blocks.items():
+        numpy.testing.assert_allclose(host(sampled[key]), host(full[key]).reshape(-1)[block],
+                                      rtol=1e-12)

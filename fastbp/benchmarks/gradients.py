@@ -60,21 +60,6 @@ def random_blocks(params: dict, n_sample: int, rng) -> dict:
     return blocks
 
 
-def numerical_on_blocks(net, x, t, blocks: dict) -> dict:
-    """``net.numerical_gradient`` run on one block of each parameter array.
-
-    The net's ``params`` are swapped for flat views of the blocks (they share
-    memory with the layers), so the time per parameter is exactly that of a
-    full run through the same code.
-    """
-    full = net.params
-    net.params = {key: full[key].reshape(-1)[block] for key, block in blocks.items()}
-    try:
-        return net.numerical_gradient(x, t)
-    finally:
-        net.params = full
-
-
 def _worst_error(backprop: dict, numerical: dict, blocks=None) -> float:
     errors = []
     for key, num in numerical.items():
@@ -116,7 +101,7 @@ def measure(shape: Shape, backend, settings, mode) -> dict:
     n_params = shape.n_params
     rng = np.random.default_rng(2)
     probe = random_blocks(net.params, PROBE_PARAMS, rng)
-    per_param = time_once(lambda: numerical_on_blocks(net, x, t, probe), sync) / sum(
+    per_param = time_once(lambda: net.numerical_gradient(x, t, blocks=probe), sync) / sum(
         b.stop - b.start for b in probe.values())
 
     if per_param * n_params <= FULL_BUDGET[mode]:
@@ -127,7 +112,7 @@ def measure(shape: Shape, backend, settings, mode) -> dict:
         blocks = random_blocks(net.params, wanted, rng)
         n_sample = sum(b.stop - b.start for b in blocks.values())
         scale, measured = n_params / n_sample, f"sample of {n_sample:,}, extrapolated"
-        numerical_fn = functools.partial(numerical_on_blocks, net, x, t, blocks)
+        numerical_fn = functools.partial(net.numerical_gradient, x, t, blocks=blocks)
 
     numerical_times, backprop_times, result = [], [], {}
     for _ in range(REPEATS[mode]):

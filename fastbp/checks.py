@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy
 
-__all__ = ["FLOAT_DTYPES", "check_choice", "check_count", "check_number", "float_dtype"]
+__all__ = ["FLOAT_DTYPES", "check_choice", "check_count", "check_number", "check_targets",
+           "float_dtype"]
 
 #: the floating-point dtypes a net can hold, by name (the first is the default)
 FLOAT_DTYPES = ("float64", "float32")
@@ -52,3 +53,23 @@ def float_dtype(owner, dtype):
     if resolved is None or resolved.name not in FLOAT_DTYPES:
         raise ValueError(f"{owner}: dtype must be one of {list(FLOAT_DTYPES)}, received {dtype!r}")
     return resolved
+
+
+def check_targets(where, t, n, classes, backend, dtype, check_range=True):
+    """``t`` for ``n`` rows of ``classes`` scores: class indices ``(n,)`` in ``[0, classes)``,
+    or one-hot rows ``(n, classes)``, cast to ``dtype``.  ``check_range=False`` skips the
+    range test (on a GPU it waits for the device), for labels already checked."""
+    if t.ndim == 1:
+        if t.dtype.kind not in "iu":
+            raise ValueError(f"{where}: class-index labels must be integers, received dtype {t.dtype}")
+        if t.shape[0] != n:
+            raise ValueError(f"{where}: x has {n} rows but t has {t.shape[0]} labels")
+        low, high = backend.label_range(t) if check_range else (0, 0)
+        if low < 0 or high >= classes:
+            raise ValueError(f"{where}: labels must lie in [0, {classes}), received values in "
+                             f"[{low}, {high}]")
+        return t
+    if t.shape == (n, classes):
+        return t.astype(dtype, copy=False)
+    raise ValueError(f"{where}: expected t of shape ({n},) class indices or ({n}, {classes}) "
+                     f"one-hot, received shape {tuple(t.shape)}")

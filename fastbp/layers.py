@@ -8,7 +8,7 @@ their ``backward`` returns ``(y - t) / N`` times the incoming ``dout``.
 from __future__ import annotations
 
 from fastbp.backends import get_backend
-from fastbp.checks import check_number
+from fastbp.checks import check_number, check_targets
 
 
 class MulLayer:
@@ -70,6 +70,9 @@ class Affine:
 
     def __init__(self, W, b, backend=None, need_dx=True):
         self.backend = get_backend(backend)
+        if W.ndim != 2 or b.shape != W.shape[1:]:
+            raise ValueError(f"Affine: expected W of shape (inputs, outputs) and b of shape "
+                             f"(outputs,), received W {tuple(W.shape)} and b {tuple(b.shape)}")
         self.W, self.b = W, b
         self.need_dx = need_dx
         self.x = self.original_x_shape = None
@@ -91,6 +94,15 @@ class Affine:
         return None if dx is None else dx.reshape(self.original_x_shape)
 
 
+def _scores_and_targets(backend, where, x, t):
+    """``(x, t)`` as the backend's arrays, ``x`` of shape ``(N, C)`` with ``N >= 1``."""
+    x, t = backend.ensure_array(x, where), backend.ensure_array(t, where)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"{where}: expected scores x of shape (N, C) with N >= 1, received shape "
+                         f"{tuple(x.shape)}")
+    return x, t
+
+
 class SoftmaxWithLoss:
     """Softmax followed by the batch-mean cross-entropy ``logsumexp(x) - x[t]``.
 
@@ -103,8 +115,10 @@ class SoftmaxWithLoss:
         self.loss = self.y = self.t = None
 
     def forward(self, x, t):
-        self.t = t
-        self.loss, self.y = self.backend.softmax_cross_entropy(x, t)
+        x, t = _scores_and_targets(self.backend, "SoftmaxWithLoss.forward", x, t)
+        self.t = check_targets("SoftmaxWithLoss.forward", t, x.shape[0], x.shape[1], self.backend,
+                               x.dtype)
+        self.loss, self.y = self.backend.softmax_cross_entropy(x, self.t)
         return self.loss
 
     def backward(self, dout=1):
@@ -114,7 +128,9 @@ class SoftmaxWithLoss:
 class IdentityWithLoss:
     """Identity output with the batch mean of ``0.5 * sum((y - t)**2)``.
 
-    Class indices are turned into one-hot rows so ``t`` works as for softmax.
+    ``t`` has the shape of ``x``; for ``x`` of shape ``(N, C)`` it may also be
+    ``(N,)``: class indices, turned into one-hot rows as for softmax (or with
+    ``C = 1``, one target per row).
     """
 
     def __init__(self, backend=None):
@@ -122,10 +138,18 @@ class IdentityWithLoss:
         self.loss = self.y = self.t = None
 
     def forward(self, x, t):
-        xp = self.backend.xp
-        if t.ndim == 1 and x.ndim == 2 and x.shape[1] > 1:
-            t = xp.eye(x.shape[1], dtype=x.dtype)[t]
-        self.y, self.t = x, t.reshape(x.shape)
+        where = "IdentityWithLoss.forward"
+        x, t = _scores_and_targets(self.backend, where, x, t)
+        n, c = x.shape
+        if t.ndim == 1 and c > 1:
+            t = self.backend.xp.eye(c, dtype=x.dtype)[check_targets(where, t, n, c, self.backend,
+                                                                    x.dtype)]
+        elif t.shape == (n,):
+            t = t.reshape(n, 1)
+        elif t.shape != x.shape:
+            raise ValueError(f"{where}: expected t of shape {(n, c)} (or ({n},)), received shape "
+                             f"{tuple(t.shape)}")
+        self.y, self.t = x, t
         self.loss = 0.5 * ((self.y - self.t) ** 2).sum() / x.shape[0]
         return self.loss
 

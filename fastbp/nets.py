@@ -21,7 +21,7 @@ import operator
 import numpy
 
 from fastbp.backends import get_backend
-from fastbp.checks import check_choice, check_number, float_dtype
+from fastbp.checks import check_choice, check_number, check_targets, float_dtype
 from fastbp.flat import FlatArrays
 from fastbp.gradcheck import numerical_gradient
 from fastbp.layers import Affine, BatchNorm, Dropout, ReLU, Sigmoid, SoftmaxWithLoss
@@ -218,23 +218,8 @@ class MultiLayerNet:
             x = x.astype(self.dtype)
         if t is None:
             return x, None
-        t = be.ensure_array(t, where)
-        n, c = x.shape[0], self.output_size
-        if t.ndim == 1:
-            if t.dtype.kind not in "iu":
-                raise ValueError(f"{where}: class-index labels must be integers, "
-                                 f"received dtype {t.dtype}")
-            if t.shape[0] != n:
-                raise ValueError(f"{where}: x has {n} rows but t has {t.shape[0]} labels")
-            low, high = be.label_range(t) if check_labels else (0, 0)
-            if low < 0 or high >= c:
-                raise ValueError(f"{where}: labels must lie in [0, {c}), received values in "
-                                 f"[{low}, {high}]")
-        elif t.shape == (n, c):
-            t = t.astype(self.dtype, copy=False)
-        else:
-            raise ValueError(f"{where}: expected t of shape ({n},) class indices or ({n}, {c}) "
-                             f"one-hot, received shape {tuple(t.shape)}")
+        t = check_targets(where, be.ensure_array(t, where), x.shape[0], self.output_size, be,
+                          self.dtype, check_labels)
         return x, t
 
     # ---------------------------------------------------------------- forward

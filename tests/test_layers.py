@@ -1,4 +1,5 @@
 import math
+import re
 import warnings
 
 import numpy
@@ -194,6 +195,33 @@ def test_affine_rejects_wrong_feature_count(backend):
     layer = Affine(backend.asarray(numpy.ones((3, 2))), backend.asarray(numpy.zeros(2)), backend)
     with pytest.raises(ValueError, match=r"Affine.forward: expected inputs with 3 features.*\(4, 5\)"):
         layer.forward(backend.asarray(numpy.ones((4, 5))))
+
+
+@pytest.mark.parametrize("layer", [SoftmaxWithLoss, IdentityWithLoss])
+@pytest.mark.parametrize("x, t, message", [
+    (numpy.zeros((1000, 10)), numpy.full(1000, 10**9), r"labels must lie in \[0, 10\), received "
+                                                       r"values in \[1000000000, 1000000000\]"),
+    (numpy.zeros((2, 3)), numpy.array([0, -1]), r"labels must lie in \[0, 3\)"),
+    (numpy.zeros((3, 3)), numpy.array([0, 1]), "x has 3 rows but t has 2 labels"),
+    (numpy.zeros((2, 3)), numpy.array([0.0, 1.0]), "class-index labels must be integers"),
+    (numpy.zeros((2, 3)), numpy.zeros((3, 2)), r"expected t of shape .*\(2, 3\).*received shape "
+                                               r"\(3, 2\)"),
+    (numpy.zeros(3), numpy.array(1), r"expected scores x of shape \(N, C\) with N >= 1, "
+                                     r"received shape \(3,\)"),
+])
+def test_loss_layers_refuse_targets_that_do_not_fit(backend, layer, x, t, message):
+    """Checked before any kernel reads them: an index past the classes is never read."""
+    name = layer.__name__
+    with pytest.raises(ValueError, match=rf"{name}.forward: {message}"):
+        layer(backend).forward(backend.asarray(x), backend.asarray(t))
+
+
+@pytest.mark.parametrize("W, b", [((3, 2), (4,)), ((3, 2), (1, 2)), ((6,), (6,))])
+def test_affine_refuses_weights_and_bias_that_do_not_fit(backend, W, b):
+    message = ("Affine: expected W of shape (inputs, outputs) and b of shape (outputs,), "
+               f"received W {W} and b {b}")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Affine(backend.asarray(numpy.ones(W)), backend.asarray(numpy.zeros(b)), backend)
 
 
 def test_identity_loss_accepts_class_indices(backend):

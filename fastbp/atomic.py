@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
-import tempfile
+import secrets
+import stat
 from pathlib import Path
 
 
@@ -15,12 +17,21 @@ def replacing(path, suffix=".tmp"):
     The bytes go to a temporary file in the same directory (so the rename
     cannot cross file systems), are flushed to disk when the block ends, and
     then replace ``path`` in one rename.  If the block raises, the temporary
-    file is removed and ``path`` is left as it was.
+    file is removed and ``path`` is left as it was.  The new file gets the
+    permissions of the one it replaces, or those a plain ``open`` would give
+    (the umask's), and a path that cannot be written is refused by its name
+    before anything is written.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory, not a file to write", str(path))
+    if not path.parent.is_dir():
+        raise FileNotFoundError(errno.ENOENT, f"no directory {path.parent} to write into", str(path))
+    fd, tmp = _create_beside(path, suffix)
     try:
         with os.fdopen(fd, "wb") as f:
+            if path.exists():
+                os.chmod(fd, stat.S_IMODE(path.stat().st_mode))
             yield f, tmp
             f.flush()
             os.fsync(f.fileno())
@@ -28,3 +39,12 @@ def replacing(path, suffix=".tmp"):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _create_beside(path, suffix):
+    """``(fd, name)`` of a new hidden file next to ``path``, created with mode 0o666 less the
+    umask (``tempfile.mkstemp`` makes every file 0o600)."""
+    while True:
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}")
+        with contextlib.suppress(FileExistsError):
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp

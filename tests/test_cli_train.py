@@ -150,6 +150,9 @@ def test_runtime_errors_are_one_line_too(tmp_path, capsys):
     assert main(["train", "--save", str(tmp_path / "no" / "such" / "dir" / "x.npz")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--save" in err and "does not exist" in err
+    assert main(["train", "--save", str(tmp_path)]) == 2  # refused before training, not after
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--save" in err and "is a directory" in err
 
 
 def test_no_traceback_from_the_real_command():

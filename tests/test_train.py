@@ -1,6 +1,7 @@
 """fastbp.train: the Trainer loop and checkpoints, on every available backend."""
 
 import os
+import stat
 import zipfile
 
 import numpy
@@ -335,6 +336,32 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     restored = small_net("numpy", seed=8)
     load_params(restored, path)
     numpy.testing.assert_array_equal(restored.params["W1"], good.params["W1"])
+
+
+def test_a_checkpoint_gets_the_permissions_a_plain_write_would(tmp_path):
+    """New files follow the umask; a replaced file keeps its own mode."""
+    net, fresh, kept = small_net("numpy"), tmp_path / "fresh.npz", tmp_path / "kept.npz"
+    previous = os.umask(0o027)
+    try:
+        save_params(net, fresh)
+        kept.write_bytes(b"old")
+        os.chmod(kept, 0o604)
+        save_params(net, kept)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o640
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o604
+
+
+def test_an_unwritable_checkpoint_path_is_named_and_nothing_is_written(tmp_path):
+    net = small_net("numpy")
+    with pytest.raises(IsADirectoryError, match=f"is a directory, not a file to write: '{tmp_path}'"):
+        save_params(net, tmp_path)
+    missing = tmp_path / "no" / "x.npz"
+    with pytest.raises(FileNotFoundError, match=f"no directory {missing.parent} to write into: "
+                                                f"'{missing}'"):
+        save_params(net, missing)
+    assert os.listdir(tmp_path) == []
 
 
 def test_checkpoint_holds_config_and_format(tmp_path):

@@ -80,6 +80,8 @@ def _communicator(distributed):
 def _check_output_path(flag, path):
     """Refuse an unwritable output before training rather than after it."""
     directory = Path(path).resolve().parent
+    if Path(path).is_dir():
+        raise ValueError(f"{flag} {path}: is a directory; give the name of a file to write")
     if not directory.is_dir():
         raise ValueError(f"{flag} {path}: directory {directory} does not exist")
     if not os.access(directory, os.W_OK):

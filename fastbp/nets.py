@@ -135,8 +135,13 @@ class MultiLayerNet:
             arrays[key] = value
         return arrays
 
+    #: the keys of ``config`` a checkpoint must match to be loaded into a net: what shapes
+    #: the arrays and the function they compute (the training settings may differ)
+    ARCHITECTURE = ("input_size", "hidden_size_list", "output_size", "activation",
+                    "use_batchnorm", "batchnorm_eps")
+
     def config(self) -> dict:
-        """The architecture: what a checkpoint must match to be loaded into this net."""
+        """How the net was made (saved with its checkpoints; see ``ARCHITECTURE``)."""
         return {"input_size": self.input_size, "hidden_size_list": list(self.hidden_size_list),
                 "output_size": self.output_size, "activation": self.activation,
                 "use_dropout": self.use_dropout, "dropout_ratio": self.dropout_ratio,

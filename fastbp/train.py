@@ -245,18 +245,20 @@ def load_params(net, path):
     """Restore a checkpoint written by ``save_params`` into ``net``, in place.
 
     Works across backends and casts to the net's dtype.  Everything is read
-    and checked first (format, architecture, keys, shapes); only then are
-    the values copied into the existing arrays (``net.params[k][...] = v``),
-    so the layers sharing them see the new values and a refused file
-    changes nothing.
+    and checked first (format, architecture, keys, shapes, finite values);
+    only then are the values copied into the existing arrays
+    (``net.params[k][...] = v``), so the layers sharing them see the new
+    values and a refused file changes nothing.  The architecture is
+    ``net.ARCHITECTURE``: a net trained with dropout or weight decay loads
+    into one without.
     """
     path = Path(path)
     where = f"load_params({str(path)!r})"
     config, saved = _read_checkpoint(path, where)
     config = {**_LATER_CONFIG, **config}
     expected = net.config()
-    for key in sorted(set(config) | set(expected)):
-        if key != "dtype" and config.get(key) != expected.get(key):
+    for key in net.ARCHITECTURE:
+        if config.get(key) != expected.get(key):
             raise CheckpointError(f"{where}: the checkpoint is of another architecture: {key} is "
                                   f"{config.get(key)!r} in the file, this net expects "
                                   f"{expected.get(key)!r}")
@@ -272,6 +274,9 @@ def load_params(net, path):
                 raise CheckpointError(f"{where}: {prefix}{key} must be a numeric array of shape "
                                       f"{tuple(target.shape)}, received {value.dtype} of shape "
                                       f"{value.shape}")
+            if not numpy.isfinite(value).all():
+                raise CheckpointError(f"{where}: {prefix}{key} holds NaN or inf; nothing was "
+                                      "loaded")
             staged.append((target, net.backend.asarray(value, dtype=target.dtype)))
     for target, value in staged:
         target[...] = value

@@ -284,6 +284,35 @@ def test_a_bad_array_late_in_the_file_changes_nothing(tmp_path):
     assert_unchanged(target, before)
 
 
+@pytest.mark.parametrize("bad", [numpy.nan, numpy.inf])
+def test_a_checkpoint_holding_nan_or_inf_is_refused_and_nothing_changes(tmp_path, bad):
+    save_params(small_net("numpy"), tmp_path / "good.npz")
+    with numpy.load(tmp_path / "good.npz") as archive:
+        entries = {key: archive[key] for key in archive.files}
+    entries["param/b2"] = entries["param/b2"] + bad
+    numpy.savez(tmp_path / "bad.npz", **entries)
+    target = small_net("numpy", seed=2)
+    before = snapshot(target)
+    with pytest.raises(CheckpointError, match="param/b2 holds NaN or inf; nothing was loaded"):
+        load_params(target, tmp_path / "bad.npz")
+    assert_unchanged(target, before)
+
+
+def test_training_settings_need_not_match_to_load(backend, tmp_path):
+    """A net trained with dropout and weight decay loads into one without, for evaluation."""
+    trained = MultiLayerNet(4, [6, 5], 3, use_dropout=True, dropout_ratio=0.3,
+                            weight_decay_lambda=0.1, use_batchnorm=True, batchnorm_momentum=0.5,
+                            seed=0, backend=backend)
+    save_params(trained, tmp_path / "t.npz")
+    plain = MultiLayerNet(4, [6, 5], 3, use_batchnorm=True, seed=1, backend=backend)
+    load_params(plain, tmp_path / "t.npz")
+    assert_unchanged(plain, snapshot(trained))
+    other_eps = MultiLayerNet(4, [6, 5], 3, use_batchnorm=True, batchnorm_eps=1e-3, seed=1,
+                              backend=backend)
+    with pytest.raises(CheckpointError, match="batchnorm_eps is 1e-06 in the file"):
+        load_params(other_eps, tmp_path / "t.npz")
+
+
 def flip_byte(raw, at):
     return raw[:at] + bytes([raw[at] ^ 0xFF]) + raw[at + 1:]
 

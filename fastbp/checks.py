@@ -7,6 +7,9 @@ was expected and what was received.  Nothing here imports more than NumPy.
 
 from __future__ import annotations
 
+import contextlib
+import math
+
 import numpy
 
 __all__ = ["FLOAT_DTYPES", "check_choice", "check_count", "check_number", "check_targets",
@@ -17,13 +20,14 @@ FLOAT_DTYPES = ("float64", "float32")
 
 
 def check_number(owner, argument, value, expected, ok):
-    """``value`` as a float when ``ok(value)``, else a ValueError naming owner, argument,
-    ``expected`` and the value received.  Shared by the layers, the nets and the optimizers."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = float("nan")
-    if not ok(number):
+    """``value`` as a float when it is a finite number and ``ok(value)``, else a ValueError
+    naming owner, argument, ``expected`` and the value received.  Shared by the layers, the
+    nets and the optimizers; a bool or a string is not taken for a number."""
+    number = math.nan
+    if not isinstance(value, (bool, numpy.bool_, str, bytes)):
+        with contextlib.suppress(TypeError, ValueError):
+            number = float(value)
+    if not (math.isfinite(number) and ok(number)):
         raise ValueError(f"{owner}: {argument} must be {expected}, received {value!r}")
     return number
 

@@ -25,6 +25,7 @@ from fastbp.checks import check_choice, check_number, check_targets, float_dtype
 from fastbp.flat import FlatArrays
 from fastbp.gradcheck import numerical_gradient
 from fastbp.layers import Affine, BatchNorm, Dropout, ReLU, Sigmoid, SoftmaxWithLoss
+from fastbp.optim import Optimizer
 
 _ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid}
 _INIT_SCALES = {"relu": 2.0, "he": 2.0, "sigmoid": 1.0, "xavier": 1.0}
@@ -92,6 +93,9 @@ class MultiLayerNet:
                  dtype="float64", batchnorm_momentum=0.9, batchnorm_eps=1e-6):
         name = type(self).__name__
         check_choice(name, "activation", activation, _ACTIVATIONS)
+        if not isinstance(hidden_size_list, (list, tuple)):
+            raise ValueError(f"{name}: hidden_size_list must be a list of layer widths, received "
+                             f"{hidden_size_list!r}")
         sizes = [input_size, *hidden_size_list, output_size]
         if not all(isinstance(s, (int, numpy.integer)) and s > 0 for s in sizes):
             raise ValueError(f"{name}: layer sizes must be positive integers, received {sizes}")
@@ -318,6 +322,10 @@ class MultiLayerNet:
         GPU also waits; use it only for labels already checked (``Trainer``
         checks a whole data set once).
         """
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"{type(self).__name__}.train_step: optimizer must be an optimizer "
+                            f"instance such as fastbp.optim.SGD(lr=0.1), received {optimizer!r}")
+        optimizer.check_fits(self.params, f"{type(self).__name__}.train_step")
         x, t = self._prepare(x, t, where="train_step", check_labels=check_labels)
         whole = self._fusable and self.gradient_hook is None
         rule = optimizer.flat_rule(self.params, self.backend) if whole else None

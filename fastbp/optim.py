@@ -95,12 +95,13 @@ class Optimizer:
         #: the :class:`_SharedCount` of the last one-pass update, counted in O(1) a step and
         #: written to ``_steps`` when ``step`` is read; any per-key update forgets it
         self._uniform = None
+        self._fits = None  # the params last found to fit the state (see check_fits)
 
     def __getstate__(self):
         """Copies and pickles hold the state and counts per key; the flat state is made again
         on the next one-pass update (a copied view would no longer be part of it)."""
         state = self.__dict__.copy()
-        state.update(_steps=dict(self.step), _flat={}, _uniform=None)
+        state.update(_steps=dict(self.step), _flat={}, _uniform=None, _fits=None)
         return state
 
     @property
@@ -204,18 +205,31 @@ class Optimizer:
             if grads[key].shape != param.shape:
                 raise ValueError(f"{name}: grads[{key!r}] must have shape {tuple(param.shape)}, "
                                  f"received {tuple(grads[key].shape)}")
-            for state in self.state_names:
-                held = getattr(self, state).get(key)
-                if held is not None and held.shape != param.shape:
-                    raise ValueError(f"{name}: params[{key!r}] must keep the shape "
-                                     f"{tuple(held.shape)} this optimizer's state was made "
-                                     f"for, received {tuple(param.shape)}; use a new optimizer")
+            self._check_state_fits(name, key, param.shape)
+
+    def check_fits(self, params, where):
+        """Refuse ``params`` whose shapes differ from the state held for them, before a step
+        changes anything; O(1) for the params last checked while no state is made."""
+        if self._fits is not params:
+            for key, param in params.items():
+                self._check_state_fits(where, key, param.shape)
+            self._fits = params
+
+    def _check_state_fits(self, where, key, shape):
+        """Refuse a parameter of another shape than the state held for ``key``."""
+        for state in self.state_names:
+            held = getattr(self, state).get(key)
+            if held is not None and held.shape != shape:
+                raise ValueError(f"{where}: params[{key!r}] must keep the shape "
+                                 f"{tuple(held.shape)} this optimizer's state was made for, "
+                                 f"received {tuple(shape)}; use a new optimizer")
 
     def _state(self, backend, name, key, param):
         """The state array ``self.<name>[key]``, created as zeros like ``param`` on first use."""
         store = getattr(self, name)
         if key not in store:
             store[key] = backend.xp.zeros_like(param)
+            self._fits = None
         return store[key]
 
     def _flat_state(self, backend, name, params):
@@ -232,7 +246,7 @@ class Optimizer:
             if key in store:
                 view[...] = store[key]
             store[key] = view
-        self._flat[name] = (params.flat, flat)
+        self._flat[name], self._fits = (params.flat, flat), None
         return flat
 
     def _rule(self, backend, param, grad, state, step):

@@ -148,6 +148,9 @@ def test_float64_inputs_do_not_promote_a_float32_net(backend):
     ({"dtype": "bogus"}, "received 'bogus'"),
     ({"activation": "tanh"}, "activation must be one of"),
     ({"hidden_size_list": [0]}, "layer sizes must be positive integers"),
+    ({"hidden_size_list": 100}, r"hidden_size_list must be a list of layer widths, received 100"),
+    ({"hidden_size_list": [5.0]}, r"layer sizes must be positive integers, received \[4, 5.0, 2\]"),
+    ({"weight_decay_lambda": float("inf")}, "weight_decay_lambda must be >= 0, received inf"),
     ({"batchnorm_momentum": 1.5}, r"batchnorm_momentum must be in \[0, 1\], received 1.5"),
     ({"batchnorm_eps": 0}, "batchnorm_eps must be > 0, received 0"),
 ])
@@ -553,3 +556,26 @@ def test_numerical_gradient_on_blocks_matches_the_full_one(backend):
     for key, block in blocks.items():
         numpy.testing.assert_allclose(host(sampled[key]), host(full[key]).reshape(-1)[block],
                                       rtol=1e-12)
+
+
+@pytest.mark.parametrize("optimizer", ["Adam", "Momentum", "SGD"])
+def test_train_step_refuses_what_is_not_an_optimizer_or_does_not_fit_it(backend, optimizer):
+    x, t = (backend.asarray(a) for a in _batch(10, 6, 3))
+    net = MultiLayerNet(6, [5, 4], 3, seed=5, backend=backend)
+    before = _snapshot(net)
+    for wrong in (SGD, 0.1, None):
+        with pytest.raises(TypeError, match=r"MultiLayerNet.train_step: optimizer must be an "
+                                            r"optimizer instance such as fastbp.optim.SGD"):
+            net.train_step(x, t, wrong)
+    opt = OPTIMIZER_MAKERS[optimizer]()
+    MultiLayerNet(6, [7, 4], 3, seed=5, backend=backend).train_step(x, t, opt)
+    if opt.state_names:
+        with pytest.raises(ValueError, match=r"MultiLayerNet.train_step: params\['W1'\] must keep "
+                                             r"the shape \(6, 7\) this optimizer's state was made "
+                                             r"for, received \(6, 5\); use a new optimizer"):
+            net.train_step(x, t, opt)
+    else:  # SGD holds no state: any net may use it
+        net.train_step(x, t, opt)
+        before = _snapshot(net)
+    for key, value in before.items():
+        numpy.testing.assert_array_equal(host(net.params[key]), value)

@@ -249,8 +249,8 @@ def test_checkpoints_without_the_batchnorm_settings_still_load(tmp_path):
     target = MultiLayerNet(4, [3], 2, use_batchnorm=True, seed=1)
     load_params(target, tmp_path / "old.npz")
     numpy.testing.assert_array_equal(target.params["W1"], net.params["W1"])
-    other = MultiLayerNet(4, [3], 2, use_batchnorm=True, batchnorm_momentum=0.5, seed=1)
-    with pytest.raises(ValueError, match="batchnorm_momentum is 0.9 in the file"):
+    other = MultiLayerNet(4, [3], 2, use_batchnorm=True, batchnorm_eps=1e-3, seed=1)
+    with pytest.raises(ValueError, match="batchnorm_eps is 1e-06 in the file"):
         load_params(other, tmp_path / "old.npz")
 
 

@@ -52,6 +52,17 @@ def test_gradient_check_passes(backend):
     assert max(directional_check(net, x, t)) < 1e-6
 
 
+def test_gradient_check_of_a_batchnorm_net_passes_and_leaves_its_statistics(backend):
+    """The biases a BatchNorm cancels (true gradient 0) pass, judged by the net's scale."""
+    net = MultiLayerNet(20, [10, 10], 5, seed=0, use_batchnorm=True, backend=backend)
+    x, t = (backend.asarray(a) for a in _batch(16, 20, 5))
+    before = {key: host(value).copy() for key, value in net.buffers.items()}
+    errors = gradient_check(net, x, t)
+    assert max(errors.values()) < 1e-6, errors
+    for key, value in before.items():
+        numpy.testing.assert_array_equal(host(net.buffers[key]), value)
+
+
 def test_gradient_check_catches_a_wrong_backward(monkeypatch):
     net = TwoLayerNet(20, 10, 5, weight_init_std=1.0, seed=0)
     monkeypatch.setattr(net.backend, "activation_backward_bias",  # ignores the ReLU mask

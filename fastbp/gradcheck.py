@@ -106,7 +106,7 @@ def _shifted_loss(net, x, t, v, step):
     try:
         for k, p in net.params.items():
             p += step * v[k]
-        return float(net.loss(x, t))
+        return float(net.loss(x, t, train_flg=True))
     finally:
         for k, p in net.params.items():
             p[...] = saved[k]

@@ -251,12 +251,14 @@ class MultiLayerNet:
         x, _ = self._prepare(x, where="predict")
         return self._predict(x, train_flg)
 
-    def loss(self, x, t, train_flg=True):
+    def loss(self, x, t, train_flg=False):
         """Batch-mean cross-entropy plus the weight-decay term, as a 0-d array.
 
+        By default an evaluation, as the textbook's ``MultiLayerNetExtend``:
+        no dropout, BatchNorm's running statistics, nothing changed.
         ``train_flg=True`` is the training objective that ``gradient``
-        differentiates (it draws dropout masks and updates BatchNorm running
-        statistics); pass False for a deterministic evaluation.
+        differentiates (it draws dropout masks and updates the running
+        statistics).
         """
         x, t = self._prepare(x, t, where="loss")
         return self._loss(x, t, train_flg)

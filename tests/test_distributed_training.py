@@ -45,7 +45,7 @@ for name, (optimizer, lam, dropout, batchnorm) in configs.items():
     assert all(s == same[0] for s in same), f"{name}: the ranks' nets differ"
     results[name] = {"history": history, **{k: np.asarray(v).tolist() for k, v in arrays.items()}}
     if dropout:  # each rank's own masks, drawn by one more training pass
-        net.loss(x[:32], t[:32])
+        net.loss(x[:32], t[:32], train_flg=True)
         masks = comm.allgather(net.layers["Dropout1"].mask.tobytes())
         results[name]["masks differ"] = len(set(masks)) == len(masks)
     del history["epoch_time"]

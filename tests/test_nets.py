@@ -257,7 +257,9 @@ def test_running_stats_update_in_training_and_serve_inference(backend):
     before = _snapshot(net) | {k: host(v).copy() for k, v in net.buffers.items()}
     predicted = host(net.predict(x)).copy()
     assert all(numpy.array_equal(host(net.buffers[k]), before[k]) for k in net.buffers)
-    net.loss(x, t)  # training mode
+    net.loss(x, t)  # an evaluation: the statistics stay
+    assert all(numpy.array_equal(host(net.buffers[k]), before[k]) for k in net.buffers)
+    net.loss(x, t, train_flg=True)
     assert not numpy.allclose(host(net.buffers["running_mean1"]), before["running_mean1"])
     assert not numpy.allclose(host(net.predict(x)), predicted)  # inference follows the buffers
     for key in net.buffers:  # as a checkpoint load does: in place, through the dict
@@ -272,7 +274,7 @@ def test_batchnorm_momentum_and_eps_reach_the_layers(backend):
     assert (layer.momentum, layer.eps) == (0.25, 1e-3)
     assert (net.config()["batchnorm_momentum"], net.config()["batchnorm_eps"]) == (0.25, 1e-3)
     x, t = _batch(10, 6, 3)
-    net.loss(backend.asarray(x), backend.asarray(t))  # one training pass from mean 0, var 1
+    net.loss(backend.asarray(x), backend.asarray(t), train_flg=True)  # one pass from mean 0, var 1
     z = x @ host(net.params["W1"])
     numpy.testing.assert_allclose(host(net.buffers["running_mean1"]), 0.75 * z.mean(axis=0),
                                   rtol=1e-12)
@@ -365,7 +367,8 @@ def test_batchnorm_net_agrees_with_the_reference(accelerated, dtype, activation)
     x, t = _batch(10, 6, 3)
     ours = _extended(accelerated, activation, dropout=False, lam=0.1, dtype=dtype, seed=3)
     ref = _extended("numpy", activation, dropout=False, lam=0.1, dtype=dtype, seed=3)
-    assert_close(ours.loss(accelerated.asarray(x), accelerated.asarray(t)), ref.loss(x, t), dtype, "loss")
+    assert_close(ours.loss(accelerated.asarray(x), accelerated.asarray(t), train_flg=True),
+                 ref.loss(x, t, train_flg=True), dtype, "loss")
     grads, ref_grads = ours.gradient(accelerated.asarray(x), accelerated.asarray(t)), ref.gradient(x, t)
     for key in ref_grads:
         assert grads[key].dtype == numpy.dtype(dtype)

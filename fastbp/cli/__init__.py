@@ -25,7 +25,8 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser():
-    parser = Parser(prog="fastbp", description=__doc__.splitlines()[0])
+    parser = Parser(prog="fastbp", description="The fastbp command line: info, gradcheck, train "
+                    "and bench.")
     parser.add_argument("--version", action="version", version=f"fastbp {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     add_info_command(commands)
@@ -35,7 +36,8 @@ def build_parser():
     from fastbp.benchmarks import command as bench_command  # light: the suites load when run
 
     bench = commands.add_parser("bench", help="benchmarks: backprop vs numerical gradients, "
-                                "train step vs peers, kernels, start-up")
+                                "train step and configurations vs peers, kernels, start-up, "
+                                "data-parallel")
     bench_command.add_arguments(bench)
     bench.set_defaults(run=bench_command.run)
     return parser

@@ -1,5 +1,6 @@
 """``fastbp train``: the result line, defaults, outputs, and one-line errors."""
 
+import os
 import re
 import subprocess
 import sys
@@ -141,6 +142,18 @@ def test_bad_arguments_exit_2_with_one_line(argv, fragment, capsys):
     assert info.value.code == 2
     out, err = capsys.readouterr()
     assert fragment in err and err.count("\n") == 1 and out == ""
+
+
+def test_plot_writes_the_format_its_suffix_names(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    pdf = tmp_path / "curves.pdf"
+    assert main(["train", "--epochs", "1", "--hidden", "8", "--quiet", "--plot", str(pdf)]) == 0
+    assert pdf.read_bytes()[:5] == b"%PDF-"
+    capsys.readouterr()
+    assert main(["train", "--plot", str(tmp_path / "curves.xyz")]) == 2  # before training
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "matplotlib writes no .xyz files; use one of" in err
+    assert sorted(os.listdir(tmp_path)) == ["curves.pdf"]
 
 
 def test_runtime_errors_are_one_line_too(tmp_path, capsys):

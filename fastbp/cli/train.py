@@ -51,7 +51,8 @@ def add_train_command(commands):
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--save", default=None, metavar="PATH", help="write the trained parameters here")
     train.add_argument("--plot", default=None, metavar="PATH",
-                       help="write a PNG of the loss and accuracy curves here")
+                       help="draw the loss and accuracy curves into this file (.png, .pdf, .svg, "
+                            "...: the format from the suffix)")
     train.add_argument("--quiet", action="store_true", help="print only the result line")
     train.add_argument("--distributed", action="store_true",
                        help="data-parallel over the ranks of mpiexec (the mpi extra); rank 0 "
@@ -101,7 +102,7 @@ def cmd_train(args):
         if path is not None:
             _check_output_path(flag, path)
     if args.plot is not None:
-        _require_matplotlib()
+        _check_plot_format(args.plot)
     (x_train, t_train), (x_test, t_test) = load_dataset(
         args.dataset, data_dir=args.data_dir, download=args.download)
     n_classes = int(max(t_train.max(), t_test.max())) + 1
@@ -144,15 +145,22 @@ def cmd_train(args):
     return 0
 
 
-def _require_matplotlib():
+def _check_plot_format(path):
+    """matplotlib is installed and writes the format of ``path``'s suffix (PNG without one)."""
     try:
-        import matplotlib  # noqa: F401
+        from matplotlib.backend_bases import FigureCanvasBase
     except ImportError as exc:
         raise ImportError(f'--plot needs matplotlib: pip install "fastbp[train]" ({exc})') from None
+    formats = FigureCanvasBase.get_supported_filetypes()
+    suffix = Path(path).suffix[1:].lower()
+    if suffix and suffix not in formats:
+        raise ValueError(f"--plot {path}: matplotlib writes no .{suffix} files; use one of "
+                         f"{', '.join('.' + f for f in sorted(formats))}")
 
 
 def plot_history(history, path, title=""):
-    """Loss and accuracy per epoch, side by side, as a PNG (Agg canvas, no display needed)."""
+    """Loss and accuracy per epoch, side by side, in the format of ``path``'s suffix (no
+    display needed)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -169,4 +177,4 @@ def plot_history(history, path, title=""):
     acc_ax.legend()
     if title:
         fig.suptitle(title)
-    fig.savefig(path, format="png", dpi=100)
+    fig.savefig(path, dpi=100)  # the format from the name's suffix, PNG without one

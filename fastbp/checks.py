@@ -12,8 +12,8 @@ import math
 
 import numpy
 
-__all__ = ["FLOAT_DTYPES", "check_choice", "check_count", "check_number", "check_targets",
-           "float_dtype"]
+__all__ = ["FLOAT_DTYPES", "check_choice", "check_count", "check_number", "check_seed",
+           "check_targets", "float_dtype"]
 
 #: the floating-point dtypes a net can hold, by name (the first is the default)
 FLOAT_DTYPES = ("float64", "float32")
@@ -39,6 +39,15 @@ def check_count(owner, argument, value, allow_none=False):
     if isinstance(value, bool) or not isinstance(value, (int, numpy.integer)) or value < 1:
         raise ValueError(f"{owner}: {argument} must be an integer >= 1, received {value!r}")
     return int(value)
+
+
+def check_seed(owner, seed):
+    """``seed`` as an ``int`` >= 0 (not a bool), or None for a fresh random one."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, (int, numpy.integer)) or seed < 0:
+        raise ValueError(f"{owner}: seed must be None or an integer >= 0, received {seed!r}")
+    return int(seed)
 
 
 def check_choice(owner, argument, value, choices):

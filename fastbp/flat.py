@@ -58,11 +58,14 @@ class FlatArrays(MutableMapping):
             raise ValueError(f"{self.owner}: no array {key!r} to assign to; the names are fixed "
                              f"by the architecture: {list(self._arrays)}")
         target = self._arrays[key]
-        value = self.backend.asarray(value, dtype=target.dtype)
+        value = self.backend.asarray(value)
+        if value.dtype.kind not in "fiub":
+            raise ValueError(f"{self.owner}[{key!r}]: expected real numbers, received dtype "
+                             f"{value.dtype}; nothing was changed")
         if value.shape != target.shape:
             raise ValueError(f"{self.owner}[{key!r}]: expected shape {tuple(target.shape)}, "
                              f"received {tuple(value.shape)}; nothing was changed")
-        target[...] = value
+        target[...] = value  # cast to the buffer's dtype
 
     def __delitem__(self, key):
         raise ValueError(f"{self.owner}: {key!r} cannot be removed (the architecture fixes "

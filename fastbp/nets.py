@@ -21,7 +21,7 @@ import operator
 import numpy
 
 from fastbp.backends import get_backend
-from fastbp.checks import check_choice, check_number, check_targets, float_dtype
+from fastbp.checks import check_choice, check_number, check_seed, check_targets, float_dtype
 from fastbp.flat import FlatArrays
 from fastbp.gradcheck import numerical_gradient
 from fastbp.layers import Affine, BatchNorm, Dropout, ReLU, Sigmoid, SoftmaxWithLoss
@@ -114,7 +114,7 @@ class MultiLayerNet:
         self.hidden_size_list = [int(s) for s in hidden_size_list]
         self.activation = activation
 
-        host_rng = numpy.random.default_rng(seed)
+        host_rng = numpy.random.default_rng(check_seed(name, seed))
         params, buffers = {}, {}
         for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
             scale = self._init_scale(weight_init_std, n_in)
@@ -217,6 +217,8 @@ class MultiLayerNet:
         where = f"{type(self).__name__}.{where}"
         be = self.backend
         x = be.ensure_array(x, where)
+        if x.dtype.kind not in "fiub":
+            raise ValueError(f"{where}: expected real numbers in x, received dtype {x.dtype}")
         features = x.shape[1] if x.ndim == 2 else math.prod(x.shape[1:])
         if x.ndim < 2 or x.shape[0] == 0 or features != self.input_size:
             raise ValueError(f"{where}: expected x of shape (N, {self.input_size}) with N >= 1, "

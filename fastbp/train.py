@@ -20,7 +20,7 @@ import numpy
 
 from fastbp.atomic import replacing
 from fastbp.backends import to_numpy
-from fastbp.checks import check_count
+from fastbp.checks import check_count, check_seed
 from fastbp.distributed import DataParallel, SingleProcess
 from fastbp.nets import NonFiniteLossError
 
@@ -79,7 +79,7 @@ class Trainer:
             raise ValueError(f"{name}: batch_size and the number of samples must be at least the "
                              f"{self.comm.size} ranks, received batch_size {self.batch_size} and "
                              f"{len(x_train)} samples")
-        self.seed, self.verbose = seed, verbose and self.comm.rank == 0
+        self.seed, self.verbose = check_seed(name, seed), verbose and self.comm.rank == 0
         self.x_train, self.t_train = self._to_device("x_train", x_train, "t_train", t_train)
         if x_test is None:
             self.x_test = self.t_test = None

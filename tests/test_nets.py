@@ -130,6 +130,7 @@ BAD_INPUTS = [
     (numpy.ones((4, 20)), numpy.zeros((4, 4)), r"expected t of shape \(4,\) class indices or \(4, 5\) one-hot"),
     (numpy.ones(20), numpy.zeros(1, int), r"received shape \(20,\)"),
     (numpy.ones((0, 20)), numpy.zeros(0, int), r"with N >= 1, received shape \(0, 20\)"),
+    (numpy.ones((4, 20)) * 1j, numpy.zeros(4, int), "expected real numbers in x, received dtype complex128"),
 ]
 
 
@@ -162,6 +163,8 @@ def test_float64_inputs_do_not_promote_a_float32_net(backend):
     ({"hidden_size_list": 100}, r"hidden_size_list must be a list of layer widths, received 100"),
     ({"hidden_size_list": [5.0]}, r"layer sizes must be positive integers, received \[4, 5.0, 2\]"),
     ({"weight_decay_lambda": float("inf")}, "weight_decay_lambda must be >= 0, received inf"),
+    ({"seed": -1}, "seed must be None or an integer >= 0, received -1"),
+    ({"seed": 1.5}, "seed must be None or an integer >= 0, received 1.5"),
     ({"batchnorm_momentum": 1.5}, r"batchnorm_momentum must be in \[0, 1\], received 1.5"),
     ({"batchnorm_eps": 0}, "batchnorm_eps must be > 0, received 0"),
 ])
@@ -472,6 +475,10 @@ def test_bad_assignments_to_params_change_nothing(backend):
         net.params["W3"] = numpy.ones((3, 2))
     with pytest.raises(ValueError, match="'b2' cannot be removed"):
         del net.params["b2"]
+    for value in (numpy.ones((4, 3)) * 1j, numpy.full((4, 3), None, dtype=object)):
+        with pytest.raises(ValueError, match=rf"TwoLayerNet.params\['W1'\]: expected real numbers, "
+                                             rf"received dtype {value.dtype}; nothing was changed"):
+            net.params["W1"] = value
     with pytest.raises(ValueError, match="running_mean1"):
         net.buffers["running_mean1"] = numpy.zeros(3)
     for name in ("params", "buffers", "grads"):

@@ -181,6 +181,7 @@ def test_bar_only_on_a_terminal(monkeypatch):
     ({"batch_size": 0}, "batch_size must be an integer >= 1, received 0"),
     ({"batch_size": True}, "batch_size must be an integer >= 1, received True"),
     ({"eval_sample": -3}, "eval_sample must be an integer >= 1"),
+    ({"seed": -1}, "seed must be None or an integer >= 0, received -1"),
     ({"t_train": numpy.zeros(9, dtype=int)}, "x_train and t_train .* received 10 and 9"),
     ({"t_train": numpy.zeros(10)}, "t_train must hold integer class indices"),
     ({"x_test": numpy.zeros((3, 4))}, "both x_test and t_test"),

@@ -26,29 +26,31 @@ _INIT_FOR_ACTIVATION = {"relu": "he", "sigmoid": "xavier"}
 def add_train_command(commands):
     """Register ``fastbp train`` on the ``commands`` sub-parsers."""
     train = commands.add_parser("train", help="train a MultiLayerNet on toy, digits or MNIST data")
-    train.add_argument("--dataset", choices=DATASETS, default="digits")
+    train.add_argument("--dataset", choices=DATASETS, default="digits", help="default digits")
     train.add_argument("--data-dir", default=None,
                        help="directory of the MNIST files (default $FASTBP_DATA_DIR/<name>, "
                             "else ~/.cache/fastbp/<name>)")
     train.add_argument("--download", action="store_true",
                        help="fetch missing MNIST files (checked against known SHA-256 sums)")
-    train.add_argument("--backend", choices=BACKEND_NAMES, default=None)
-    train.add_argument("--dtype", choices=FLOAT_DTYPES, default="float64")
+    train.add_argument("--backend", choices=BACKEND_NAMES, default=None,
+                       help="default $FASTBP_BACKEND, else numpy")
+    train.add_argument("--dtype", choices=FLOAT_DTYPES, default="float64", help="default float64")
     train.add_argument("--hidden", type=positive_int, nargs="+", default=[100, 100],
                        help="hidden layer sizes (default 100 100)")
-    train.add_argument("--activation", choices=tuple(_INIT_FOR_ACTIVATION), default="relu")
-    train.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="adam")
+    train.add_argument("--activation", choices=tuple(_INIT_FOR_ACTIVATION), default="relu",
+                       help="default relu")
+    train.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="adam", help="default adam")
     train.add_argument("--lr", type=positive_float, default=None,
                        help="learning rate (default: sgd 0.1, momentum/nesterov/adagrad 0.01, "
                             "rmsprop/adam 0.001)")
-    train.add_argument("--epochs", type=positive_int, default=40)
-    train.add_argument("--batch-size", type=positive_int, default=32)
+    train.add_argument("--epochs", type=positive_int, default=40, help="default 40")
+    train.add_argument("--batch-size", type=positive_int, default=32, help="default 32")
     train.add_argument("--weight-decay", type=non_negative_float, default=0.0,
                        help="L2 penalty lambda (default 0)")
     train.add_argument("--dropout", type=ratio, default=None, metavar="RATIO",
                        help="dropout after each hidden layer, dropping this fraction")
     train.add_argument("--batchnorm", action="store_true", help="BatchNorm after each hidden Affine")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int, default=0, help="default 0")
     train.add_argument("--save", default=None, metavar="PATH", help="write the trained parameters here")
     train.add_argument("--plot", default=None, metavar="PATH",
                        help="draw the loss and accuracy curves into this file (.png, .pdf, .svg, "

@@ -217,8 +217,6 @@ class MultiLayerNet:
         where = f"{type(self).__name__}.{where}"
         be = self.backend
         x = be.ensure_array(x, where)
-        if x.dtype.kind not in "fiub":
-            raise ValueError(f"{where}: expected real numbers in x, received dtype {x.dtype}")
         features = x.shape[1] if x.ndim == 2 else math.prod(x.shape[1:])
         if x.ndim < 2 or x.shape[0] == 0 or features != self.input_size:
             raise ValueError(f"{where}: expected x of shape (N, {self.input_size}) with N >= 1, "
@@ -226,6 +224,8 @@ class MultiLayerNet:
         if x.ndim != 2:
             x = x.reshape(x.shape[0], self.input_size)
         if x.dtype != self.dtype:
+            if x.dtype.kind not in "fiub":
+                raise ValueError(f"{where}: expected real numbers in x, received dtype {x.dtype}")
             x = x.astype(self.dtype)
         if t is None:
             return x, None
@@ -329,19 +329,20 @@ class MultiLayerNet:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"{type(self).__name__}.train_step: optimizer must be an optimizer "
                             f"instance such as fastbp.optim.SGD(lr=0.1), received {optimizer!r}")
-        optimizer.check_fits(self.params, f"{type(self).__name__}.train_step")
+        params = self._params
+        optimizer.check_fits(params, self)
         x, t = self._prepare(x, t, where="train_step", check_labels=check_labels)
         whole = self._fusable and self.gradient_hook is None
-        rule = optimizer.flat_rule(self.params, self.backend) if whole else None
+        rule = optimizer.flat_rule(params, self.backend) if whole else None
         if rule is not None:
-            loss = self.backend.whole_step(x, t, self._W, self._b, self._sizes, self.params.flat,
+            loss = self.backend.whole_step(x, t, self._W, self._b, self._sizes, params.flat,
                                            self.grads.flat, self.activation,
                                            self.weight_decay_lambda, rule, check_finite,
                                            self._batchnorm)
             if loss is not None:  # the backend ran the whole step as one call
                 if check_finite and not math.isfinite(loss):  # and updated nothing
                     raise NonFiniteLossError(f"{type(self).__name__}.train_step", loss)
-                optimizer.count_flat(self.params)
+                optimizer.count_flat(params)
                 return loss
         return self._step(x, t, optimizer, check_finite)
 

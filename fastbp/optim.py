@@ -207,12 +207,13 @@ class Optimizer:
                                  f"received {tuple(grads[key].shape)}")
             self._check_state_fits(name, key, param.shape)
 
-    def check_fits(self, params, where):
-        """Refuse ``params`` whose shapes differ from the state held for them, before a step
-        changes anything; O(1) for the params last checked while no state is made."""
+    def check_fits(self, params, net):
+        """Refuse ``params`` whose shapes differ from the state held for them, before a
+        ``net.train_step`` changes anything; O(1) for the params last checked while no state
+        is made."""
         if self._fits is not params:
             for key, param in params.items():
-                self._check_state_fits(where, key, param.shape)
+                self._check_state_fits(f"{type(net).__name__}.train_step", key, param.shape)
             self._fits = params
 
     def _check_state_fits(self, where, key, shape):

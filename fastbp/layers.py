@@ -11,15 +11,26 @@ from fastbp.backends import get_backend
 from fastbp.checks import check_number, check_targets
 
 
+def _forward_first(layer, cached):
+    """What ``layer.forward`` cached for ``backward``; a clear error when it has not run."""
+    if cached is None:
+        raise RuntimeError(f"{type(layer).__name__}.backward: call forward first (backward uses "
+                           "what forward caches)")
+    return cached
+
+
 class MulLayer:
     """``out = x * y`` (scalars or arrays alike)."""
+
+    def __init__(self):
+        self.x = self.y = None
 
     def forward(self, x, y):
         self.x, self.y = x, y
         return x * y
 
     def backward(self, dout):
-        return dout * self.y, dout * self.x
+        return dout * _forward_first(self, self.y), dout * self.x
 
 
 class AddLayer:
@@ -38,11 +49,11 @@ class ReLU:
         self.mask = None
 
     def forward(self, x):
-        out, self.mask = self.backend.relu_forward(x)
+        out, self.mask = self.backend.relu_forward(self.backend.ensure_array(x, "ReLU.forward"))
         return out
 
     def backward(self, dout):
-        return self.backend.relu_backward(dout, self.mask)
+        return self.backend.relu_backward(dout, _forward_first(self, self.mask))
 
 
 class Sigmoid:
@@ -53,11 +64,11 @@ class Sigmoid:
         self.out = None
 
     def forward(self, x):
-        self.out = self.backend.sigmoid_forward(x)
+        self.out = self.backend.sigmoid_forward(self.backend.ensure_array(x, "Sigmoid.forward"))
         return self.out
 
     def backward(self, dout):
-        return self.backend.sigmoid_backward(dout, self.out)
+        return self.backend.sigmoid_backward(dout, _forward_first(self, self.out))
 
 
 class Affine:
@@ -79,6 +90,7 @@ class Affine:
         self.dW = self.db = None
 
     def forward(self, x):
+        x = self.backend.ensure_array(x, "Affine.forward")
         self.original_x_shape = x.shape
         x = x.reshape(x.shape[0], -1)
         if x.shape[1] != self.W.shape[0]:
@@ -90,7 +102,11 @@ class Affine:
         return self.backend.affine_forward(x, self.W, self.b)
 
     def backward(self, dout):
-        dx, self.dW, self.db = self.backend.affine_backward(dout, self.x, self.W, self.need_dx)
+        x = _forward_first(self, self.x)
+        if dout.shape != (x.shape[0], self.W.shape[1]):
+            raise ValueError(f"Affine.backward: expected dout of shape {(x.shape[0], self.W.shape[1])}"
+                             f" (the last forward's output), received {tuple(dout.shape)}")
+        dx, self.dW, self.db = self.backend.affine_backward(dout, x, self.W, self.need_dx)
         return None if dx is None else dx.reshape(self.original_x_shape)
 
 
@@ -122,7 +138,7 @@ class SoftmaxWithLoss:
         return self.loss
 
     def backward(self, dout=1):
-        return self.backend.softmax_cross_entropy_backward(self.y, self.t) * dout
+        return self.backend.softmax_cross_entropy_backward(_forward_first(self, self.y), self.t) * dout
 
 
 class IdentityWithLoss:
@@ -154,7 +170,8 @@ class IdentityWithLoss:
         return self.loss
 
     def backward(self, dout=1):
-        return (self.y - self.t) * (dout / self.y.shape[0])
+        y = _forward_first(self, self.y)
+        return (y - self.t) * (dout / y.shape[0])
 
 
 class Dropout:
@@ -177,6 +194,7 @@ class Dropout:
         self.fixed_mask = False
 
     def forward(self, x, train_flg=True):
+        x = self.backend.ensure_array(x, "Dropout.forward")
         if not train_flg:
             self.mask = None
             return x
@@ -224,6 +242,7 @@ class BatchNorm:
         self.dgamma = self.dbeta = None
 
     def forward(self, x, train_flg=True):
+        x = self.backend.ensure_array(x, "BatchNorm.forward")
         self.input_shape = x.shape
         x = x.reshape(x.shape[0], -1)
         if x.shape[1] != self.gamma.shape[0]:
@@ -236,6 +255,7 @@ class BatchNorm:
         return out.reshape(self.input_shape)
 
     def backward(self, dout):
+        xn = _forward_first(self, self.xn)
         dx, self.dgamma, self.dbeta = self.backend.batchnorm_backward(
-            dout.reshape(self.xn.shape), self.xn, self.inv_std, self.gamma, self.train_flg)
+            dout.reshape(xn.shape), xn, self.inv_std, self.gamma, self.train_flg)
         return dx.reshape(self.input_shape)

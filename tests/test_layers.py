@@ -224,6 +224,31 @@ def test_affine_refuses_weights_and_bias_that_do_not_fit(backend, W, b):
         Affine(backend.asarray(numpy.ones(W)), backend.asarray(numpy.zeros(b)), backend)
 
 
+@pytest.mark.parametrize("make", [
+    lambda be: MulLayer(), lambda be: ReLU(be), lambda be: Sigmoid(be),
+    lambda be: Affine(be.asarray(numpy.ones((3, 2))), be.asarray(numpy.zeros(2)), be),
+    lambda be: SoftmaxWithLoss(be), lambda be: IdentityWithLoss(be),
+    lambda be: BatchNorm(be.asarray(numpy.ones(2)), be.asarray(numpy.zeros(2)), backend=be),
+], ids=["MulLayer", "ReLU", "Sigmoid", "Affine", "SoftmaxWithLoss", "IdentityWithLoss", "BatchNorm"])
+def test_backward_before_forward_says_so(backend, make):
+    layer = make(backend)
+    with pytest.raises(RuntimeError, match=rf"{type(layer).__name__}.backward: call forward first"):
+        layer.backward(backend.asarray(numpy.ones((4, 2))))
+
+
+def test_affine_backward_refuses_a_dout_that_is_not_its_output(backend):
+    layer = Affine(backend.asarray(numpy.ones((3, 2))), backend.asarray(numpy.zeros(2)), backend)
+    layer.forward(backend.asarray(numpy.ones((4, 3))))
+    with pytest.raises(ValueError, match=re.escape("Affine.backward: expected dout of shape (4, 2) "
+                                                   "(the last forward's output), received (4, 3)")):
+        layer.backward(backend.asarray(numpy.ones((4, 3))))
+
+
+def test_layers_take_nested_lists(backend):
+    numpy.testing.assert_array_equal(host(ReLU(backend).forward([[-1.0, 2.0]])), [[0.0, 2.0]])
+    assert host(Sigmoid(backend).forward([[0.0]])).item() == 0.5
+
+
 def test_identity_loss_accepts_class_indices(backend):
     layer = IdentityWithLoss(backend)
     loss = layer.forward(backend.asarray([[1.0, 0.0], [0.0, 0.0]]), backend.asarray([0, 1]))

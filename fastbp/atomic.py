@@ -27,11 +27,12 @@ def replacing(path, suffix=".tmp"):
         raise IsADirectoryError(errno.EISDIR, "is a directory, not a file to write", str(path))
     if not path.parent.is_dir():
         raise FileNotFoundError(errno.ENOENT, f"no directory {path.parent} to write into", str(path))
-    fd, tmp = _create_beside(path, suffix)
+    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else None
+    fd, tmp = _create_beside(path, suffix, 0o666 if mode is None else mode)
     try:
         with os.fdopen(fd, "wb") as f:
-            if path.exists():
-                os.chmod(fd, stat.S_IMODE(path.stat().st_mode))
+            if mode is not None:  # created no wider than the file it replaces, now as wide
+                os.chmod(fd, mode)
             yield f, tmp
             f.flush()
             os.fsync(f.fileno())
@@ -41,10 +42,10 @@ def replacing(path, suffix=".tmp"):
             os.unlink(tmp)
 
 
-def _create_beside(path, suffix):
-    """``(fd, name)`` of a new hidden file next to ``path``, created with mode 0o666 less the
+def _create_beside(path, suffix, mode):
+    """``(fd, name)`` of a new hidden file next to ``path``, created with ``mode`` less the
     umask (``tempfile.mkstemp`` makes every file 0o600)."""
     while True:
         tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}")
         with contextlib.suppress(FileExistsError):
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), tmp

@@ -61,15 +61,17 @@ def gradient_check(net, x, t, h=1e-4) -> dict:
     """``{key: rel_error(backprop, numerical)}`` for every parameter of ``net``.
 
     Each array is measured against its own norm, but never against less than
-    1e-8 of the largest gradient's: a bias right before a BatchNorm has a true
-    gradient of 0, which backprop gives as rounding noise (1e-17), and an
-    error relative to that noise alone would be 100%.  Dropout masks are
-    fixed, and the BatchNorm running statistics are as they were afterwards.
+    1e-4 of the whole net's gradient norm: a bias right before a BatchNorm has
+    a true gradient of 0, which backprop gives as rounding noise (1e-17) and
+    central differences as theirs (1e-12), and an error relative to noise
+    alone would be anything up to 100%.  Dropout masks are fixed, and the
+    BatchNorm running statistics are as they were afterwards.
     """
     with net.repeatable_training_passes():
         backprop = net.gradient(x, t)
         numerical = net.numerical_gradient(x, t, h)
-    floor = 1e-8 * max(float(numpy.linalg.norm(to_numpy(g))) for g in backprop.values())
+    floor = 1e-4 * math.sqrt(sum(float(numpy.linalg.norm(to_numpy(g))) ** 2
+                                 for g in backprop.values()))
     return {key: rel_error(backprop[key], numerical[key], floor) for key in backprop}
 
 

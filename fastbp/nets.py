@@ -290,11 +290,20 @@ class MultiLayerNet:
         parameter only (a sample of a big net), returned as 1-D arrays.
         """
         x, t = self._prepare(x, t, where="numerical_gradient")
-        arrays = self.params if blocks is None else {
-            key: self.params[key].reshape(-1)[block] for key, block in blocks.items()}
+        arrays = self.params if blocks is None else self._blocks(blocks)
         with self.repeatable_training_passes():
             return {key: numerical_gradient(lambda _: self._loss(x, t), param, h)
                     for key, param in arrays.items()}
+
+    def _blocks(self, blocks):
+        """``{key: view}`` of the slices ``blocks`` names (views, so perturbing them reaches the
+        layers; an index array would make a copy)."""
+        for key, block in blocks.items():
+            if key not in self.params or not isinstance(block, slice):
+                raise ValueError(f"{type(self).__name__}.numerical_gradient: blocks must map keys "
+                                 f"of params {list(self.params)} to slices, received "
+                                 f"{key!r}: {block!r}")
+        return {key: self.params[key].reshape(-1)[block] for key, block in blocks.items()}
 
     @contextlib.contextmanager
     def repeatable_training_passes(self):

@@ -102,6 +102,7 @@ class Optimizer:
         on the next one-pass update (a copied view would no longer be part of it)."""
         state = self.__dict__.copy()
         state.update(_steps=dict(self.step), _flat={}, _uniform=None, _fits=None)
+        state.update({name: dict(getattr(self, name)) for name in self.state_names})
         return state
 
     @property

@@ -149,11 +149,14 @@ def test_plot_writes_the_format_its_suffix_names(tmp_path, capsys):
     pdf = tmp_path / "curves.pdf"
     assert main(["train", "--epochs", "1", "--hidden", "8", "--quiet", "--plot", str(pdf)]) == 0
     assert pdf.read_bytes()[:5] == b"%PDF-"
+    bare = tmp_path / "curves"  # no suffix: PNG, under exactly this name
+    assert main(["train", "--epochs", "1", "--hidden", "8", "--quiet", "--plot", str(bare)]) == 0
+    assert bare.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     capsys.readouterr()
     assert main(["train", "--plot", str(tmp_path / "curves.xyz")]) == 2  # before training
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "matplotlib writes no .xyz files; use one of" in err
-    assert sorted(os.listdir(tmp_path)) == ["curves.pdf"]
+    assert sorted(os.listdir(tmp_path)) == ["curves", "curves.pdf"]
 
 
 def test_runtime_errors_are_one_line_too(tmp_path, capsys):

@@ -567,6 +567,21 @@ def test_a_copied_net_and_optimizer_train_on_as_the_original(backend, duplicate,
         numpy.testing.assert_array_equal(host(twin.buffers[key]), host(net.buffers[key]))
 
 
+def test_a_shallow_copy_of_an_optimizer_leaves_the_original_as_it_was(backend):
+    x, t = (backend.asarray(a) for a in _batch(10, 6, 3))
+    net, other = (MultiLayerNet(6, [5, 4], 3, seed=5, backend=backend) for _ in range(2))
+    opt = Adam(lr=0.01)
+    net.train_step(x, t, opt)
+    twin, twin_opt = copy.deepcopy((net, opt))
+    snap = copy.copy(opt)
+    other.train_step(x, t, snap)
+    for _ in range(2):
+        net.train_step(x, t, opt), twin.train_step(x, t, twin_opt)
+    for key in net.params:
+        numpy.testing.assert_array_equal(host(net.params[key]), host(twin.params[key]))
+        numpy.testing.assert_array_equal(host(opt.m[key]), host(twin_opt.m[key]))
+
+
 def test_numerical_gradient_on_blocks_matches_the_full_one(backend):
     net = MultiLayerNet(6, [5], 3, seed=0, backend=backend)
     x, t = (backend.asarray(a) for a in _batch(4, 6, 3))
@@ -577,6 +592,10 @@ def test_numerical_gradient_on_blocks_matches_the_full_one(backend):
     for key, block in blocks.items():
         numpy.testing.assert_allclose(host(sampled[key]), host(full[key]).reshape(-1)[block],
                                       rtol=1e-12)
+    for wrong in ({"W1": numpy.array([0, 1])}, {"w1": slice(0, 2)}):  # a copy; no such key
+        with pytest.raises(ValueError, match=r"numerical_gradient: blocks must map keys of params "
+                                             r"\['W1', 'b1', 'W2', 'b2'\] to slices"):
+            net.numerical_gradient(x, t, blocks=wrong)
 
 
 @pytest.mark.parametrize("optimizer", ["Adam", "Momentum", "SGD"])

@@ -10,6 +10,7 @@ from conftest import host
 
 import fastbp
 import fastbp.train as train
+from fastbp.atomic import replacing
 from fastbp.data import load_dataset
 from fastbp.nets import MultiLayerNet, TwoLayerNet
 from fastbp.optim import SGD, Adam
@@ -381,6 +382,16 @@ def test_a_checkpoint_gets_the_permissions_a_plain_write_would(tmp_path):
         os.umask(previous)
     assert stat.S_IMODE(fresh.stat().st_mode) == 0o640
     assert stat.S_IMODE(kept.stat().st_mode) == 0o604
+
+
+def test_a_replacement_is_never_readable_by_more_than_the_file_it_replaces(tmp_path):
+    private = tmp_path / "private.npz"
+    private.write_bytes(b"old")
+    os.chmod(private, 0o600)
+    with replacing(private) as (f, tmp):
+        assert stat.S_IMODE(os.stat(tmp).st_mode) & ~0o600 == 0  # while the bytes go in
+        f.write(b"new")
+    assert private.read_bytes() == b"new" and stat.S_IMODE(private.stat().st_mode) == 0o600
 
 
 def test_an_unwritable_checkpoint_path_is_named_and_nothing_is_written(tmp_path):

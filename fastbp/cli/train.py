@@ -179,4 +179,5 @@ def plot_history(history, path, title=""):
     acc_ax.legend()
     if title:
         fig.suptitle(title)
-    fig.savefig(path, dpi=100)  # the format from the name's suffix, PNG without one
+    # the format from the name's suffix; PNG without one (matplotlib would add ".png")
+    fig.savefig(path, dpi=100, format=None if Path(path).suffix else "png")

@@ -42,12 +42,16 @@ def check_count(owner, argument, value, allow_none=False):
 
 
 def check_seed(owner, seed):
-    """``seed`` as an ``int`` >= 0 (not a bool), or None for a fresh random one."""
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, (int, numpy.integer)) or seed < 0:
-        raise ValueError(f"{owner}: seed must be None or an integer >= 0, received {seed!r}")
-    return int(seed)
+    """``seed`` when ``numpy.random.default_rng`` takes it (None, an int >= 0, a sequence of
+    them, a SeedSequence, a Generator; not a bool), else a ValueError naming the owner."""
+    try:
+        if isinstance(seed, (bool, numpy.bool_)):
+            raise TypeError("a bool is not a seed")
+        numpy.random.default_rng(seed)  # a Generator comes back as it is: nothing drawn
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{owner}: seed must be None, an integer >= 0 or anything else "
+                         f"numpy.random.default_rng takes, received {seed!r} ({exc})") from None
+    return seed
 
 
 def check_choice(owner, argument, value, choices):

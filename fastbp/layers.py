@@ -81,6 +81,7 @@ class Affine:
 
     def __init__(self, W, b, backend=None, need_dx=True):
         self.backend = get_backend(backend)
+        W, b = self.backend.ensure_array(W, "Affine"), self.backend.ensure_array(b, "Affine")
         if W.ndim != 2 or b.shape != W.shape[1:]:
             raise ValueError(f"Affine: expected W of shape (inputs, outputs) and b of shape "
                              f"(outputs,), received W {tuple(W.shape)} and b {tuple(b.shape)}")
@@ -144,9 +145,9 @@ class SoftmaxWithLoss:
 class IdentityWithLoss:
     """Identity output with the batch mean of ``0.5 * sum((y - t)**2)``.
 
-    ``t`` has the shape of ``x``; for ``x`` of shape ``(N, C)`` it may also be
-    ``(N,)``: class indices, turned into one-hot rows as for softmax (or with
-    ``C = 1``, one target per row).
+    ``t`` has the shape of ``x`` (any shape, the batch first); for ``x`` of
+    shape ``(N, C)`` it may also be ``(N,)``: class indices, turned into one-hot
+    rows as for softmax (or with ``C = 1``, one target per row).
     """
 
     def __init__(self, backend=None):
@@ -155,16 +156,18 @@ class IdentityWithLoss:
 
     def forward(self, x, t):
         where = "IdentityWithLoss.forward"
-        x, t = _scores_and_targets(self.backend, where, x, t)
-        n, c = x.shape
-        if t.ndim == 1 and c > 1:
-            t = self.backend.xp.eye(c, dtype=x.dtype)[check_targets(where, t, n, c, self.backend,
-                                                                    x.dtype)]
-        elif t.shape == (n,):
-            t = t.reshape(n, 1)
-        elif t.shape != x.shape:
-            raise ValueError(f"{where}: expected t of shape {(n, c)} (or ({n},)), received shape "
-                             f"{tuple(t.shape)}")
+        be = self.backend
+        x, t = be.ensure_array(x, where), be.ensure_array(t, where)
+        if x.ndim == 0 or x.shape[0] == 0:
+            raise ValueError(f"{where}: expected outputs x with a batch of N >= 1 rows, received "
+                             f"shape {tuple(x.shape)}")
+        if t.shape != x.shape:
+            if x.ndim != 2 or t.ndim != 1:
+                raise ValueError(f"{where}: expected t of shape {tuple(x.shape)}, received shape "
+                                 f"{tuple(t.shape)}")
+            n, c = x.shape
+            t = (t.reshape(n, 1) if c == 1 and t.shape == (n,) else
+                 be.xp.eye(c, dtype=x.dtype)[check_targets(where, t, n, c, be, x.dtype)])
         self.y, self.t = x, t
         self.loss = 0.5 * ((self.y - self.t) ** 2).sum() / x.shape[0]
         return self.loss
@@ -195,8 +198,7 @@ class Dropout:
 
     def forward(self, x, train_flg=True):
         x = self.backend.ensure_array(x, "Dropout.forward")
-        if not train_flg:
-            self.mask = None
+        if not train_flg:  # the last training mask stays, for backward and fixed_mask
             return x
         if not (self.fixed_mask and self.mask is not None and self.mask.shape == x.shape):
             keep = self.rng.random(x.shape) >= self.dropout_ratio

@@ -93,9 +93,10 @@ class MultiLayerNet:
                  dtype="float64", batchnorm_momentum=0.9, batchnorm_eps=1e-6):
         name = type(self).__name__
         check_choice(name, "activation", activation, _ACTIVATIONS)
-        if not isinstance(hidden_size_list, (list, tuple)):
+        if isinstance(hidden_size_list, (int, numpy.integer, str)):
             raise ValueError(f"{name}: hidden_size_list must be a list of layer widths, received "
                              f"{hidden_size_list!r}")
+        hidden_size_list = list(hidden_size_list)
         sizes = [input_size, *hidden_size_list, output_size]
         if not all(isinstance(s, (int, numpy.integer)) and s > 0 for s in sizes):
             raise ValueError(f"{name}: layer sizes must be positive integers, received {sizes}")

@@ -258,6 +258,8 @@ def load_params(net, path):
     config = {**_LATER_CONFIG, **config}
     expected = net.config()
     for key in net.ARCHITECTURE:
+        if key == "batchnorm_eps" and not expected["use_batchnorm"]:
+            continue  # unused without BatchNorm
         if config.get(key) != expected.get(key):
             raise CheckpointError(f"{where}: the checkpoint is of another architecture: {key} is "
                                   f"{config.get(key)!r} in the file, this net expects "
@@ -274,10 +276,12 @@ def load_params(net, path):
                 raise CheckpointError(f"{where}: {prefix}{key} must be a numeric array of shape "
                                       f"{tuple(target.shape)}, received {value.dtype} of shape "
                                       f"{value.shape}")
+            with numpy.errstate(over="ignore"):  # a float32 net: overflow is caught below
+                value = value.astype(target.dtype)
             if not numpy.isfinite(value).all():
-                raise CheckpointError(f"{where}: {prefix}{key} holds NaN or inf; nothing was "
-                                      "loaded")
-            staged.append((target, net.backend.asarray(value, dtype=target.dtype)))
+                raise CheckpointError(f"{where}: {prefix}{key} holds NaN or inf in "
+                                      f"{target.dtype}; nothing was loaded")
+            staged.append((target, net.backend.asarray(value)))
     for target, value in staged:
         target[...] = value
 

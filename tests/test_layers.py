@@ -206,8 +206,6 @@ def test_affine_rejects_wrong_feature_count(backend):
     (numpy.zeros((2, 3)), numpy.array([0.0, 1.0]), "class-index labels must be integers"),
     (numpy.zeros((2, 3)), numpy.zeros((3, 2)), r"expected t of shape .*\(2, 3\).*received shape "
                                                r"\(3, 2\)"),
-    (numpy.zeros(3), numpy.array(1), r"expected scores x of shape \(N, C\) with N >= 1, "
-                                     r"received shape \(3,\)"),
 ])
 def test_loss_layers_refuse_targets_that_do_not_fit(backend, layer, x, t, message):
     """Checked before any kernel reads them: an index past the classes is never read."""
@@ -236,6 +234,11 @@ def test_backward_before_forward_says_so(backend, make):
         layer.backward(backend.asarray(numpy.ones((4, 2))))
 
 
+def test_affine_takes_lists(backend):
+    out = Affine([[1.0, 2.0], [3.0, 4.0]], [0.5, -0.5], backend).forward([[1.0, 1.0]])
+    numpy.testing.assert_array_equal(host(out), [[4.5, 5.5]])
+
+
 def test_affine_backward_refuses_a_dout_that_is_not_its_output(backend):
     layer = Affine(backend.asarray(numpy.ones((3, 2))), backend.asarray(numpy.zeros(2)), backend)
     layer.forward(backend.asarray(numpy.ones((4, 3))))
@@ -247,6 +250,21 @@ def test_affine_backward_refuses_a_dout_that_is_not_its_output(backend):
 def test_layers_take_nested_lists(backend):
     numpy.testing.assert_array_equal(host(ReLU(backend).forward([[-1.0, 2.0]])), [[0.0, 2.0]])
     assert host(Sigmoid(backend).forward([[0.0]])).item() == 0.5
+
+
+def test_softmax_loss_wants_a_batch_of_score_rows(backend):
+    with pytest.raises(ValueError, match=r"SoftmaxWithLoss.forward: expected scores x of shape "
+                                         r"\(N, C\) with N >= 1, received shape \(3,\)"):
+        SoftmaxWithLoss(backend).forward(backend.asarray(numpy.zeros(3)), backend.asarray(1))
+
+
+def test_identity_loss_takes_outputs_of_any_shape_and_refuses_other_targets(backend):
+    layer = IdentityWithLoss(backend)
+    y, t = numpy.array([1.0, 2.0]), numpy.array([0.0, 0.0])
+    assert float(layer.forward(backend.asarray(y), backend.asarray(t))) == pytest.approx(1.25)
+    with pytest.raises(ValueError, match=r"IdentityWithLoss.forward: expected t of shape \(2,\), "
+                                         r"received shape \(3,\)"):
+        layer.forward(backend.asarray(y), backend.asarray(numpy.zeros(3)))
 
 
 def test_identity_loss_accepts_class_indices(backend):

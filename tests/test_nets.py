@@ -163,8 +163,10 @@ def test_float64_inputs_do_not_promote_a_float32_net(backend):
     ({"hidden_size_list": 100}, r"hidden_size_list must be a list of layer widths, received 100"),
     ({"hidden_size_list": [5.0]}, r"layer sizes must be positive integers, received \[4, 5.0, 2\]"),
     ({"weight_decay_lambda": float("inf")}, "weight_decay_lambda must be >= 0, received inf"),
-    ({"seed": -1}, "seed must be None or an integer >= 0, received -1"),
-    ({"seed": 1.5}, "seed must be None or an integer >= 0, received 1.5"),
+    ({"seed": -1}, "seed must be None, an integer >= 0 or anything else numpy.random.default_rng "
+                   "takes, received -1"),
+    ({"seed": 1.5}, "seed must be None, .*, received 1.5"),
+    ({"seed": True}, "seed must be None, .*, received True"),
     ({"batchnorm_momentum": 1.5}, r"batchnorm_momentum must be in \[0, 1\], received 1.5"),
     ({"batchnorm_eps": 0}, "batchnorm_eps must be > 0, received 0"),
 ])
@@ -580,6 +582,25 @@ def test_a_shallow_copy_of_an_optimizer_leaves_the_original_as_it_was(backend):
     for key in net.params:
         numpy.testing.assert_array_equal(host(net.params[key]), host(twin.params[key]))
         numpy.testing.assert_array_equal(host(opt.m[key]), host(twin_opt.m[key]))
+
+
+def test_what_numpy_takes_for_sizes_and_seeds_builds_the_same_net():
+    ref = MultiLayerNet(6, [5, 4], 3, seed=3)
+    for hidden, seed in ((numpy.array([5, 4]), numpy.random.SeedSequence(3)), (range(5, 3, -1), 3)):
+        net = MultiLayerNet(6, hidden, 3, seed=seed)
+        for key in ref.params:
+            numpy.testing.assert_array_equal(net.params[key], ref.params[key])
+
+
+def test_an_evaluation_between_gradient_and_numerical_gradient_keeps_the_masks(backend):
+    net = MultiLayerNet(6, [5], 3, use_dropout=True, seed=0, backend=backend)
+    x, t = (backend.asarray(a) for a in _batch(8, 6, 3))
+    with net.repeatable_training_passes():
+        backprop = net.gradient(x, t)
+        net.loss(x, t), net.predict(x)  # evaluations: no masks drawn, none dropped
+        numerical = net.numerical_gradient(x, t)
+    for key in backprop:
+        assert rel_error(backprop[key], numerical[key]) < 1e-6, key
 
 
 def test_numerical_gradient_on_blocks_matches_the_full_one(backend):

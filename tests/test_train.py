@@ -182,7 +182,8 @@ def test_bar_only_on_a_terminal(monkeypatch):
     ({"batch_size": 0}, "batch_size must be an integer >= 1, received 0"),
     ({"batch_size": True}, "batch_size must be an integer >= 1, received True"),
     ({"eval_sample": -3}, "eval_sample must be an integer >= 1"),
-    ({"seed": -1}, "seed must be None or an integer >= 0, received -1"),
+    ({"seed": -1}, "seed must be None, an integer >= 0 or anything else numpy.random.default_rng "
+                   "takes, received -1"),
     ({"t_train": numpy.zeros(9, dtype=int)}, "x_train and t_train .* received 10 and 9"),
     ({"t_train": numpy.zeros(10)}, "t_train must hold integer class indices"),
     ({"x_test": numpy.zeros((3, 4))}, "both x_test and t_test"),
@@ -295,9 +296,20 @@ def test_a_checkpoint_holding_nan_or_inf_is_refused_and_nothing_changes(tmp_path
     numpy.savez(tmp_path / "bad.npz", **entries)
     target = small_net("numpy", seed=2)
     before = snapshot(target)
-    with pytest.raises(CheckpointError, match="param/b2 holds NaN or inf; nothing was loaded"):
+    with pytest.raises(CheckpointError, match="param/b2 holds NaN or inf in float64; nothing was loaded"):
         load_params(target, tmp_path / "bad.npz")
     assert_unchanged(target, before)
+
+
+def test_a_value_that_overflows_the_nets_dtype_is_refused(tmp_path):
+    wide = small_net("numpy")
+    wide.params["W1"][0, 0] = 1e300
+    save_params(wide, tmp_path / "wide.npz")
+    narrow = small_net("numpy", seed=2, dtype="float32")
+    before = snapshot(narrow)
+    with pytest.raises(CheckpointError, match="param/W1 holds NaN or inf in float32"):
+        load_params(narrow, tmp_path / "wide.npz")
+    assert_unchanged(narrow, before)
 
 
 def test_training_settings_need_not_match_to_load(backend, tmp_path):
@@ -313,6 +325,8 @@ def test_training_settings_need_not_match_to_load(backend, tmp_path):
                               backend=backend)
     with pytest.raises(CheckpointError, match="batchnorm_eps is 1e-06 in the file"):
         load_params(other_eps, tmp_path / "t.npz")
+    save_params(small_net(backend), tmp_path / "plain.npz")  # eps is unused without BatchNorm
+    load_params(MultiLayerNet(4, [6, 5], 3, batchnorm_eps=1e-3, backend=backend), tmp_path / "plain.npz")
 
 
 def flip_byte(raw, at):

@@ -22,6 +22,13 @@ def positive_int(text):
     return value
 
 
+def non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, received {text}")
+    return value
+
+
 def positive_float(text):
     value = float(text)
     if not value > 0:

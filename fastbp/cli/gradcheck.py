@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastbp.backends import BACKEND_NAMES
 from fastbp.checks import FLOAT_DTYPES
-from fastbp.cli.arguments import positive_float, positive_int
+from fastbp.cli.arguments import non_negative_int, positive_float, positive_int
 
 
 def add_gradcheck_command(commands):
@@ -17,7 +17,7 @@ def add_gradcheck_command(commands):
     check.add_argument("--output", type=positive_int, default=5)
     check.add_argument("--activation", choices=("relu", "sigmoid"), default="relu")
     check.add_argument("--batch", type=positive_int, default=8)
-    check.add_argument("--seed", type=int, default=0)
+    check.add_argument("--seed", type=non_negative_int, default=0)
     check.add_argument("--tol", type=positive_float, default=1e-6,
                        help="largest relative error that passes (default 1e-6)")
     check.set_defaults(run=cmd_gradcheck)

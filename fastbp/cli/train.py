@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fastbp.backends import BACKEND_NAMES
 from fastbp.checks import FLOAT_DTYPES
-from fastbp.cli.arguments import non_negative_float, positive_float, positive_int, ratio
+from fastbp.cli.arguments import non_negative_float, non_negative_int, positive_float, positive_int, ratio
 from fastbp.data import DATASETS
 
 #: --optimizer choice -> (class name in fastbp.optim, default lr)
@@ -50,7 +50,7 @@ def add_train_command(commands):
     train.add_argument("--dropout", type=ratio, default=None, metavar="RATIO",
                        help="dropout after each hidden layer, dropping this fraction")
     train.add_argument("--batchnorm", action="store_true", help="BatchNorm after each hidden Affine")
-    train.add_argument("--seed", type=int, default=0, help="default 0")
+    train.add_argument("--seed", type=non_negative_int, default=0, help="default 0")
     train.add_argument("--save", default=None, metavar="PATH", help="write the trained parameters here")
     train.add_argument("--plot", default=None, metavar="PATH",
                        help="draw the loss and accuracy curves into this file (.png, .pdf, .svg, "

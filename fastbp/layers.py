@@ -131,10 +131,12 @@ class SoftmaxWithLoss:
         self.backend = get_backend(backend)
         self.loss = self.y = self.t = None
 
-    def forward(self, x, t):
+    def forward(self, x, t, check_labels=True):
+        """The loss; ``check_labels=False`` skips the label range test, for labels already
+        checked (a net's, whose every method checks them first)."""
         x, t = _scores_and_targets(self.backend, "SoftmaxWithLoss.forward", x, t)
         self.t = check_targets("SoftmaxWithLoss.forward", t, x.shape[0], x.shape[1], self.backend,
-                               x.dtype)
+                               x.dtype, check_labels)
         self.loss, self.y = self.backend.softmax_cross_entropy(x, self.t)
         return self.loss
 

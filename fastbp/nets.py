@@ -247,7 +247,8 @@ class MultiLayerNet:
         return 0.5 * self.weight_decay_lambda * total
 
     def _loss(self, x, t, train_flg=True):
-        return self.last_layer.forward(self._predict(x, train_flg), t) + self._weight_decay()
+        return (self.last_layer.forward(self._predict(x, train_flg), t, check_labels=False)
+                + self._weight_decay())
 
     def predict(self, x, train_flg=False):
         """Scores (before softmax) for a batch."""

@@ -27,7 +27,10 @@ def check_number(owner, argument, value, expected, ok):
     if not isinstance(value, (bool, numpy.bool_, str, bytes)):
         with contextlib.suppress(TypeError, ValueError):
             number = float(value)
-    if not (math.isfinite(number) and ok(number)):
+    if not math.isfinite(number):
+        raise ValueError(f"{owner}: {argument} must be a finite number {expected}, received "
+                         f"{value!r}")
+    if not ok(number):
         raise ValueError(f"{owner}: {argument} must be {expected}, received {value!r}")
     return number
 

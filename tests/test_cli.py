@@ -47,7 +47,7 @@ def test_info_json():
 @pytest.mark.parametrize("argv, fragment", [
     (["gradcheck", "--backend", "tpu"], "argument --backend: invalid choice: 'tpu'"),
     (["gradcheck", "--batch", "0"], "argument --batch: must be a positive integer, received 0"),
-    (["gradcheck", "--tol", "-1"], "argument --tol: must be > 0"),
+    (["gradcheck", "--tol", "-1"], "argument --tol: must be a finite number > 0"),
 ])
 def test_bad_arguments_give_one_line(argv, fragment):
     result = subprocess.run([sys.executable, "-m", "fastbp", *argv], capture_output=True, text=True)

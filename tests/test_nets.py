@@ -162,7 +162,7 @@ def test_float64_inputs_do_not_promote_a_float32_net(backend):
     ({"hidden_size_list": [0]}, "layer sizes must be positive integers"),
     ({"hidden_size_list": 100}, r"hidden_size_list must be a list of layer widths, received 100"),
     ({"hidden_size_list": [5.0]}, r"layer sizes must be positive integers, received \[4, 5.0, 2\]"),
-    ({"weight_decay_lambda": float("inf")}, "weight_decay_lambda must be >= 0, received inf"),
+    ({"weight_decay_lambda": float("inf")}, "weight_decay_lambda must be a finite number >= 0, received inf"),
     ({"seed": -1}, "seed must be None, an integer >= 0 or anything else numpy.random.default_rng "
                    "takes, received -1"),
     ({"seed": 1.5}, "seed must be None, .*, received 1.5"),

@@ -158,12 +158,12 @@ BAD_HYPER = [
     (AdaGrad, {"eps": 0}, "AdaGrad: eps must be > 0, received 0"),
     (RMSprop, {"decay_rate": 1}, r"RMSprop: decay_rate must be in \[0, 1\), received 1"),
     (Adam, {"beta1": 1.5}, r"Adam: beta1 must be in \[0, 1\), received 1.5"),
-    (Adam, {"beta2": float("nan")}, r"Adam: beta2 must be in \[0, 1\), received nan"),
-    (Adam, {"lr": "fast"}, "Adam: lr must be > 0, received 'fast'"),
-    (Adam, {"lr": "0.1"}, "Adam: lr must be > 0, received '0.1'"),
-    (SGD, {"lr": True}, "SGD: lr must be > 0, received True"),
-    (SGD, {"lr": float("inf")}, "SGD: lr must be > 0, received inf"),
-    (Momentum, {"momentum": numpy.bool_(False)}, r"Momentum: momentum must be in \[0, 1\), received "
+    (Adam, {"beta2": float("nan")}, r"Adam: beta2 must be a finite number in \[0, 1\), received nan"),
+    (Adam, {"lr": "fast"}, "Adam: lr must be a finite number > 0, received 'fast'"),
+    (Adam, {"lr": "0.1"}, "Adam: lr must be a finite number > 0, received '0.1'"),
+    (SGD, {"lr": True}, "SGD: lr must be a finite number > 0, received True"),
+    (SGD, {"lr": float("inf")}, "SGD: lr must be a finite number > 0, received inf"),
+    (Momentum, {"momentum": numpy.bool_(False)}, r"Momentum: momentum must be a finite number in \[0, 1\), received "
                                                  r"(np\.)?False"),
     (SGD, {"clip_norm": 0}, "SGD: clip_norm must be > 0, received 0"),
     (RMSprop, {"clip_norm": -1.0}, "RMSprop: clip_norm must be > 0, received -1.0"),

@@ -6,6 +6,7 @@ A bad value ends with ``fastbp <command>: error: ...`` on stderr and exit status
 from __future__ import annotations
 
 import argparse
+import math
 
 
 class Parser(argparse.ArgumentParser):
@@ -31,15 +32,15 @@ def non_negative_int(text):
 
 def positive_float(text):
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, received {text}")
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, received {text}")
     return value
 
 
 def non_negative_float(text):
     value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, received {text}")
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, received {text}")
     return value
 
 

@@ -111,15 +111,6 @@ class Affine:
         return None if dx is None else dx.reshape(self.original_x_shape)
 
 
-def _scores_and_targets(backend, where, x, t):
-    """``(x, t)`` as the backend's arrays, ``x`` of shape ``(N, C)`` with ``N >= 1``."""
-    x, t = backend.ensure_array(x, where), backend.ensure_array(t, where)
-    if x.ndim != 2 or x.shape[0] == 0:
-        raise ValueError(f"{where}: expected scores x of shape (N, C) with N >= 1, received shape "
-                         f"{tuple(x.shape)}")
-    return x, t
-
-
 class SoftmaxWithLoss:
     """Softmax followed by the batch-mean cross-entropy ``logsumexp(x) - x[t]``.
 
@@ -134,9 +125,12 @@ class SoftmaxWithLoss:
     def forward(self, x, t, check_labels=True):
         """The loss; ``check_labels=False`` skips the label range test, for labels already
         checked (a net's, whose every method checks them first)."""
-        x, t = _scores_and_targets(self.backend, "SoftmaxWithLoss.forward", x, t)
-        self.t = check_targets("SoftmaxWithLoss.forward", t, x.shape[0], x.shape[1], self.backend,
-                               x.dtype, check_labels)
+        where, be = "SoftmaxWithLoss.forward", self.backend
+        x, t = be.ensure_array(x, where), be.ensure_array(t, where)
+        if x.ndim != 2 or x.shape[0] == 0:
+            raise ValueError(f"{where}: expected scores x of shape (N, C) with N >= 1, received "
+                             f"shape {tuple(x.shape)}")
+        self.t = check_targets(where, t, x.shape[0], x.shape[1], be, x.dtype, check_labels)
         self.loss, self.y = self.backend.softmax_cross_entropy(x, self.t)
         return self.loss
 

@@ -140,13 +140,17 @@ class MultiLayerNet:
             arrays[key] = value
         return arrays
 
-    #: the keys of ``config`` a checkpoint must match to be loaded into a net: what shapes
-    #: the arrays and the function they compute (the training settings may differ)
-    ARCHITECTURE = ("input_size", "hidden_size_list", "output_size", "activation",
-                    "use_batchnorm", "batchnorm_eps")
+    def architecture(self) -> dict:
+        """The part of ``config`` a checkpoint must match to be loaded into this net: what
+        shapes the arrays and the function they compute (training settings may differ)."""
+        config = self.config()
+        keys = ["input_size", "hidden_size_list", "output_size", "activation", "use_batchnorm"]
+        if self.use_batchnorm:  # eps is unused without BatchNorm
+            keys.append("batchnorm_eps")
+        return {key: config[key] for key in keys}
 
     def config(self) -> dict:
-        """How the net was made (saved with its checkpoints; see ``ARCHITECTURE``)."""
+        """How the net was made (saved with its checkpoints; see ``architecture``)."""
         return {"input_size": self.input_size, "hidden_size_list": list(self.hidden_size_list),
                 "output_size": self.output_size, "activation": self.activation,
                 "use_dropout": self.use_dropout, "dropout_ratio": self.dropout_ratio,

@@ -249,21 +249,18 @@ def load_params(net, path):
     only then are the values copied into the existing arrays
     (``net.params[k][...] = v``), so the layers sharing them see the new
     values and a refused file changes nothing.  The architecture is
-    ``net.ARCHITECTURE``: a net trained with dropout or weight decay loads
+    ``net.architecture()``: a net trained with dropout or weight decay loads
     into one without.
     """
     path = Path(path)
     where = f"load_params({str(path)!r})"
     config, saved = _read_checkpoint(path, where)
     config = {**_LATER_CONFIG, **config}
-    expected = net.config()
-    for key in net.ARCHITECTURE:
-        if key == "batchnorm_eps" and not expected["use_batchnorm"]:
-            continue  # unused without BatchNorm
-        if config.get(key) != expected.get(key):
+    for key, expected in net.architecture().items():
+        if config.get(key) != expected:
             raise CheckpointError(f"{where}: the checkpoint is of another architecture: {key} is "
                                   f"{config.get(key)!r} in the file, this net expects "
-                                  f"{expected.get(key)!r}")
+                                  f"{expected!r}")
     staged = []
     for prefix, targets in ((_PARAM, net.params), (_BUFFER, net.buffers)):
         stored = {key[len(prefix):]: value for key, value in saved.items() if key.startswith(prefix)}

@@ -70,9 +70,10 @@ class MultiLayerNet:
     ``batchnorm_eps``; see :class:`~fastbp.layers.BatchNorm` for how they
     start and which variance they keep); ``use_dropout`` adds an inverted
     Dropout after every hidden activation, its masks seeded from ``seed``.
-    Both act by mode: ``train_flg=True`` (``loss``, ``gradient``,
-    ``train_step``) uses batch statistics, updates the running ones and drops
-    units; ``train_flg=False`` (``predict``, ``accuracy``) is deterministic.
+    Both act by mode: ``train_flg=True`` (``gradient``, ``train_step``, and
+    ``predict`` or ``loss`` when asked) uses batch statistics, updates the
+    running ones and drops units; ``train_flg=False`` (the default of
+    ``predict`` and ``loss``, and always ``accuracy``) is deterministic.
 
     ``params``, ``buffers`` and ``grads`` (the gradients of the last
     ``gradient`` or materialising ``train_step``) are :class:`FlatArrays`:

@@ -315,11 +315,13 @@ class Momentum(Optimizer):
 class Nesterov(Momentum):
     """Nesterov momentum: ``v = momentum * v - lr * grad; param += momentum * v - lr * grad``.
 
-    The same update as the DLFS book's Nesterov class, which does ``param +=
-    momentum**2 * v - (1 + momentum) * lr * grad`` before ``v = momentum * v -
-    lr * grad`` (substitute the new ``v`` to see it), and, for a constant
-    ``lr``, as ``torch.optim.SGD(momentum=momentum, nesterov=True)``.  It
-    needs the gradient itself, so a net's step materialises it.
+    For a constant ``lr`` this is ``torch.optim.SGD(momentum=momentum,
+    nesterov=True)``, and the update the DLFS book derives: ``param +=
+    momentum**2 * v - (1 + momentum) * lr * grad`` with the ``v`` from before
+    the step (substitute the new ``v`` to see it).  The book's published class
+    updates ``v`` first and so applies the new one, a different step; fastbp
+    follows the derivation and torch.  It needs the gradient itself, so a
+    net's step materialises it.
     """
 
     @property

@@ -22,6 +22,12 @@ def test_gradcheck_fails_above_tolerance(capsys):
     assert "FAIL" in capsys.readouterr().out
 
 
+def test_gradcheck_prints_the_tolerance_it_was_given(capsys):
+    """Rounded, a tolerance below the worst error could print above it."""
+    main(["gradcheck", "--tol", "1.6e-9"])
+    assert "(tolerance 1.6e-09)" in capsys.readouterr().out
+
+
 def test_gradcheck_deeper_sigmoid_net(capsys):
     assert main(["gradcheck", "--hidden", "6", "5", "--activation", "sigmoid"]) == 0
     assert "W3" in capsys.readouterr().out

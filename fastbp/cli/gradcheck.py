@@ -44,7 +44,7 @@ def cmd_gradcheck(args):
           f"max relative error {max(directional):.3e}")
     worst = max([*errors.values(), *directional])
     passed = worst <= args.tol
-    print(f"{'PASS' if passed else 'FAIL'}: worst {worst:.3e} (tolerance {args.tol:.0e})")
+    print(f"{'PASS' if passed else 'FAIL'}: worst {worst:.3e} (tolerance {args.tol:g})")
     if not passed and net.dtype != "float64":
         print(f"  (in {net.dtype} the central differences themselves carry errors of 1e-3 and "
               "more: check in float64, the default)")

@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+import numpy
+
 from fastbp.backends import BACKEND_NAMES
 from fastbp.checks import FLOAT_DTYPES
 from fastbp.cli.arguments import non_negative_float, non_negative_int, positive_float, positive_int, ratio
@@ -123,7 +125,8 @@ def cmd_train(args):
                       batch_size=args.batch_size, seed=args.seed, verbose=not args.quiet,
                       comm=comm)
     try:
-        history = trainer.fit()
+        with numpy.errstate(all="ignore"):  # a diverging run is named below, not by NumPy's warnings
+            history = trainer.fit()
     except FloatingPointError as exc:  # diverged: one line, and no checkpoint or plot of it
         rank = f" (rank {comm.rank})" if comm.size > 1 else ""
         print(f"fastbp train: error{rank}: {exc} (--lr sets the learning rate)", file=sys.stderr,

@@ -69,7 +69,9 @@ class MultiLayerNet:
     * r + (1 - batchnorm_momentum) * batch`` and normalising with
     ``batchnorm_eps``; see :class:`~fastbp.layers.BatchNorm` for how they
     start and which variance they keep); ``use_dropout`` adds an inverted
-    Dropout after every hidden activation, its masks seeded from ``seed``.
+    Dropout after every hidden activation, its masks seeded from ``seed``,
+    dropping a ``dropout_ratio`` of the units (``dropout_ration``, the book's
+    spelling, is taken too).
     Both act by mode: ``train_flg=True`` (``gradient``, ``train_step``, and
     ``predict`` or ``loss`` when asked) uses batch statistics, updates the
     running ones and drops units; ``train_flg=False`` (the default of
@@ -91,8 +93,14 @@ class MultiLayerNet:
     def __init__(self, input_size, hidden_size_list, output_size, activation="relu",
                  weight_init_std="relu", weight_decay_lambda=0.0, use_dropout=False,
                  dropout_ratio=0.5, use_batchnorm=False, seed=None, backend=None,
-                 dtype="float64", batchnorm_momentum=0.9, batchnorm_eps=1e-6):
+                 dtype="float64", batchnorm_momentum=0.9, batchnorm_eps=1e-6,
+                 dropout_ration=None):
         name = type(self).__name__
+        if dropout_ration is not None:  # the book's spelling, so its code runs unchanged
+            if dropout_ratio != 0.5:
+                raise ValueError(f"{name}: give dropout_ratio or the book's dropout_ration, not "
+                                 f"both; received {dropout_ratio!r} and {dropout_ration!r}")
+            dropout_ratio = dropout_ration
         check_choice(name, "activation", activation, _ACTIVATIONS)
         if isinstance(hidden_size_list, (int, numpy.integer, str)):
             raise ValueError(f"{name}: hidden_size_list must be a list of layer widths, received "

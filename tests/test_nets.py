@@ -427,8 +427,20 @@ def test_seeded_dropout_training_is_reproducible(backend):
         numpy.testing.assert_array_equal(runs[1][3][key], value)
 
 
+def test_the_books_dropout_ration_spelling_is_taken(backend):
+    """``MultiLayerNetExtend(..., dropout_ration=0.3)`` from the book runs unchanged."""
+    x, t = (backend.asarray(a) for a in _batch(10, 6, 3))
+    book = MultiLayerNet(6, [5], 3, use_dropout=True, dropout_ration=0.3, seed=0, backend=backend)
+    ours = MultiLayerNet(6, [5], 3, use_dropout=True, dropout_ratio=0.3, seed=0, backend=backend)
+    assert book.dropout_ratio == 0.3
+    assert float(book.train_step(x, t, SGD())) == float(ours.train_step(x, t, SGD()))
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"dropout_ratio": 1}, r"dropout_ratio must be in \[0, 1\), received 1"),
+    ({"dropout_ration": 1}, r"dropout_ratio must be in \[0, 1\), received 1"),
+    ({"dropout_ratio": 0.2, "dropout_ration": 0.3},
+     r"give dropout_ratio or the book's dropout_ration, not both; received 0.2 and 0.3"),
     ({"weight_decay_lambda": -0.1}, "weight_decay_lambda must be >= 0, received -0.1"),
 ])
 def test_bad_option_arguments(kwargs, message):

@@ -11,6 +11,7 @@ import os
 import platform
 
 import numpy
+from threadpoolctl import threadpool_info
 
 # OpenBLAS kernel families by the widest SIMD they use.
 _OPENBLAS_AVX512 = {"skylakex", "cooperlake", "sapphirerapids", "zen5"}
@@ -53,10 +54,6 @@ def _openblas_simd(architecture) -> str | None:
 
 def blas_info(cpu_simd: str | None = None) -> list:
     """Every BLAS library loaded in this process, with a note when it runs below the CPU."""
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return []
     cpu_simd = cpu_simd or cpu_info()["simd"]
     libraries = []
     for lib in threadpool_info():

@@ -166,7 +166,6 @@ class CupyBackend(NumpyBackend):
     name = "cupy"
     xp = cupy
     device = "cuda:0"
-    compiled_kernels = True
     gpu = True
 
     # ----------------------------------------------------------------- arrays

@@ -101,7 +101,6 @@ def _fused_update(name, arrays, hyper):
 
 class NumbaBackend(NumpyBackend):
     name = "numba"
-    compiled_kernels = True
 
     def __init__(self):
         self._scratches = {}  # dtype -> the gradient kernel's scratch, grown as needed

@@ -31,8 +31,6 @@ class NumpyBackend:
     name = "numpy"
     xp = numpy
     device = "cpu"
-    #: capability flags: what this backend accelerates beyond the reference.
-    compiled_kernels = False
     gpu = False
 
     def __reduce__(self):

@@ -32,7 +32,7 @@ def add_arguments(parser):
     parser.add_argument("--suite", choices=(*SUITES, "all"), default="all",
                         help="which suite to run (default: all)")
     parser.add_argument("--quick", action="store_true",
-                        help="fewer shapes and repeats: all suites in about a minute")
+                        help="fewer shapes and repeats: every suite, shorter")
     parser.add_argument("--backend", choices=BACKEND_NAMES, action="append",
                         help="a fastbp backend to measure (repeat for more; default: every "
                              "available one)")

@@ -38,7 +38,7 @@ def cmd_info(args):
         else:
             print(f"  {name:6} unavailable {entry['reason']}")
     print("blas:")
-    for lib in machine["blas"] or [{"filepath": "(threadpoolctl not installed: cannot list)"}]:
+    for lib in machine["blas"] or [{"filepath": "(none loaded)"}]:
         print(f"  {lib.get('filepath')}")
         if "version" in lib:
             print(f"    {lib['internal_api']} {lib['version']}, kernels {lib['architecture']}, "

@@ -77,19 +77,23 @@ def float_dtype(owner, dtype):
 
 def check_targets(where, t, n, classes, backend, dtype, check_range=True):
     """``t`` for ``n`` rows of ``classes`` scores: class indices ``(n,)`` in ``[0, classes)``,
-    or one-hot rows ``(n, classes)``, cast to ``dtype``.  ``check_range=False`` skips the
-    range test (on a GPU it waits for the device), for labels already checked."""
+    or one-hot rows ``(n, classes)`` of real numbers, cast to ``dtype``.  ``check_range=False``
+    skips the range test on a GPU (where it waits for the device), for labels already checked;
+    on a CPU the test is cheap and an unchecked label would index outside the arrays."""
     if t.ndim == 1:
         if t.dtype.kind not in "iu":
             raise ValueError(f"{where}: class-index labels must be integers, received dtype {t.dtype}")
         if t.shape[0] != n:
             raise ValueError(f"{where}: x has {n} rows but t has {t.shape[0]} labels")
-        low, high = backend.label_range(t) if check_range else (0, 0)
+        low, high = backend.label_range(t) if check_range or not backend.gpu else (0, 0)
         if low < 0 or high >= classes:
             raise ValueError(f"{where}: labels must lie in [0, {classes}), received values in "
                              f"[{low}, {high}]")
         return t
     if t.shape == (n, classes):
+        if t.dtype.kind not in "fiub":
+            raise ValueError(f"{where}: one-hot targets must be real numbers, received dtype "
+                             f"{t.dtype}")
         return t.astype(dtype, copy=False)
     raise ValueError(f"{where}: expected t of shape ({n},) class indices or ({n}, {classes}) "
                      f"one-hot, received shape {tuple(t.shape)}")

@@ -31,6 +31,7 @@ _ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid}
 _INIT_SCALES = {"relu": 2.0, "he": 2.0, "sigmoid": 1.0, "xavier": 1.0}
 #: layers whose forward depends on train_flg
 _MODE_LAYERS = (Dropout, BatchNorm)
+_NO_TARGETS = object()  # _prepare's t for predict, which takes none
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -43,6 +44,19 @@ class NonFiniteLossError(FloatingPointError):
             "(parameters, BatchNorm statistics and optimizer state are as they were); the usual "
             "causes are a NaN or inf in the batch, or a learning rate so large that the weights "
             "overflow (lower it)")
+
+
+class NonFiniteInputError(FloatingPointError):
+    """A training step was given an ``x`` holding NaN or inf and applied no update.
+
+    Tested before the step, not left to the loss: a saturating activation
+    (sigmoid, or ReLU of -inf) can turn an inf into a finite loss whose
+    gradient is not finite.
+    """
+
+    def __init__(self, where):
+        super().__init__(f"{where}: x holds NaN or inf, so no update was applied (parameters, "
+                         "BatchNorm statistics and optimizer state are as they were)")
 
 
 def _shared_mapping(name):
@@ -226,8 +240,9 @@ class MultiLayerNet:
         self._link()
 
     # ------------------------------------------------------------- validation
-    def _prepare(self, x, t=None, where="forward", check_labels=True):
-        """Check and convert inputs before anything runs; return ``(x, t)``."""
+    def _prepare(self, x, t=_NO_TARGETS, where="forward", check_labels=True):
+        """Check and convert inputs before anything runs; return ``(x, t)`` (``t`` None when
+        not given, for ``predict``)."""
         where = f"{type(self).__name__}.{where}"
         be = self.backend
         x = be.ensure_array(x, where)
@@ -241,8 +256,11 @@ class MultiLayerNet:
             if x.dtype.kind not in "fiub":
                 raise ValueError(f"{where}: expected real numbers in x, received dtype {x.dtype}")
             x = x.astype(self.dtype)
-        if t is None:
+        if t is _NO_TARGETS:
             return x, None
+        if t is None:
+            raise ValueError(f"{where}: expected targets t (class indices or one-hot rows), "
+                             "received None")
         t = check_targets(where, be.ensure_array(t, where), x.shape[0], self.output_size, be,
                           self.dtype, check_labels)
         return x, t
@@ -340,15 +358,18 @@ class MultiLayerNet:
         """Forward, backward and an in-place update; returns the loss (0-d array).
 
         Equals ``gradient`` followed by ``optimizer.update`` to rounding, for
-        every optimizer and option.  A NaN or inf loss raises
-        :class:`NonFiniteLossError` (a ``FloatingPointError``) before anything
-        is updated: the parameters, the BatchNorm statistics and the optimizer
-        state stay as they were.  ``check_finite=False`` skips that test, and
-        so applies whatever the loss gives; on a GPU the test waits for the
-        device, so ``Trainer`` opts out there and checks each epoch's losses at
-        once.  ``check_labels=False`` skips the label range check, which on a
-        GPU also waits; use it only for labels already checked (``Trainer``
-        checks a whole data set once).
+        every optimizer and option.  A NaN or inf in ``x`` raises
+        :class:`NonFiniteInputError`, and a NaN or inf loss
+        :class:`NonFiniteLossError` (both ``FloatingPointError``), before
+        anything is updated: the parameters, the BatchNorm statistics and the
+        optimizer state stay as they were.  ``check_finite=False`` skips both
+        tests, and so applies whatever the batch gives; on a GPU they wait for
+        the device, so ``Trainer`` opts out there and checks each epoch's
+        losses at once.  ``check_labels=False`` skips the label range check on
+        a GPU, where it also waits; use it only for labels already checked
+        (``Trainer`` checks a whole data set once).  The CPU backends check
+        labels always: it costs well under a microsecond, and a label out of
+        range would index outside the arrays.
         """
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"{type(self).__name__}.train_step: optimizer must be an optimizer "
@@ -356,6 +377,8 @@ class MultiLayerNet:
         params = self._params
         optimizer.check_fits(params, self)
         x, t = self._prepare(x, t, where="train_step", check_labels=check_labels)
+        if check_finite and not self.backend.all_finite(x):
+            raise NonFiniteInputError(f"{type(self).__name__}.train_step")
         whole = self._fusable and self.gradient_hook is None
         rule = optimizer.flat_rule(params, self.backend) if whole else None
         if rule is not None:

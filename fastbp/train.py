@@ -105,6 +105,10 @@ class Trainer:
                              f"received shape {tuple(x.shape)}")
         # checked once here, so the steps skip the label check (on a GPU it waits for the device)
         self.net._prepare(x, t, where=f"Trainer({x_name}, {t_name})")
+        for name, array in ((x_name, x), (t_name, t)):
+            if not be.all_finite(array):
+                raise ValueError(f"{type(self).__name__}: {name} holds NaN or inf; remove or "
+                                 f"replace those samples before training")
         return x, t
 
     def _batches(self, n):
@@ -164,7 +168,7 @@ class Trainer:
         return FloatingPointError(
             f"Trainer: the loss of epoch {epoch}, batch {step} of {steps}, is {float(loss)}, not "
             f"a finite number; training stopped ({epoch - 1} epochs finished, in history). The "
-            f"learning rate is {self.optimizer.lr:g}: lower it, and check the data for NaN or inf")
+            f"learning rate is {self.optimizer.lr:g}: lower it")
 
     def _check_params(self, epoch):
         """Refuse to go on from an update that overflowed although its loss was finite."""

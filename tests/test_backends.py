@@ -2,6 +2,7 @@ import inspect
 import subprocess
 import sys
 
+import numpy
 import pytest
 
 import fastbp
@@ -117,3 +118,24 @@ def _public_methods(cls):
 def test_backends_expose_the_reference_signatures(backend):
     """Every backend has the reference's methods with the same signatures (and no others)."""
     assert _public_methods(type(backend)) == _public_methods(NumpyBackend)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int64"])
+@pytest.mark.parametrize("layout", ["1-d", "C", "F", "strided"])
+def test_all_finite_finds_every_nan_and_inf(backend, dtype, layout):
+    """The test before every step: any one NaN or inf, anywhere, in any layout."""
+    rng = numpy.random.default_rng(0)
+    base = rng.standard_normal((37, 29)).astype(dtype)
+    shaped = {"1-d": lambda a: a.reshape(-1), "C": lambda a: a, "F": numpy.asfortranarray,
+              "strided": lambda a: a[:, ::3]}[layout]
+    assert backend.all_finite(backend.asarray(shaped(base)))
+    if dtype == "int64":
+        return
+    for bad in (numpy.nan, numpy.inf, -numpy.inf):
+        for where in [(0, 0), (36, 27), tuple(rng.integers(0, (37, 29)))]:
+            poisoned = base.copy()
+            poisoned[where] = bad
+            expected = bool(numpy.isfinite(shaped(poisoned)).all())  # "strided" may skip it
+            assert backend.all_finite(backend.asarray(shaped(poisoned))) == expected
+    huge = numpy.full((5, 3), numpy.finfo(dtype).max, dtype=dtype)
+    assert backend.all_finite(backend.asarray(huge))  # finite, however large

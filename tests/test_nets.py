@@ -131,6 +131,8 @@ BAD_INPUTS = [
     (numpy.ones(20), numpy.zeros(1, int), r"received shape \(20,\)"),
     (numpy.ones((0, 20)), numpy.zeros(0, int), r"with N >= 1, received shape \(0, 20\)"),
     (numpy.ones((4, 20)) * 1j, numpy.zeros(4, int), "expected real numbers in x, received dtype complex128"),
+    (numpy.ones((4, 20)), numpy.eye(5)[[0, 1, 2, 3]] * 1j,
+     "one-hot targets must be real numbers, received dtype complex128"),
 ]
 
 
@@ -144,6 +146,42 @@ def test_bad_input_is_refused_before_anything_changes(backend, x, t, message, me
         getattr(net, method)(*args)
     for key, value in before.items():
         numpy.testing.assert_array_equal(host(net.params[key]), value)
+
+
+@pytest.mark.parametrize("t, message", [
+    (None, r"expected targets t \(class indices or one-hot rows\), received None"),
+    (numpy.full((4, 5), "a"), "one-hot targets must be real numbers, received dtype <U1"),
+    (numpy.full((4, 5), 1.0, dtype=object), "one-hot targets must be real numbers, received dtype object"),
+])
+@pytest.mark.parametrize("method", ["train_step", "gradient", "loss", "accuracy"])
+def test_targets_that_are_not_numbers_are_refused_before_anything_changes(backend, t, message,
+                                                                          method):
+    if backend.gpu and t is not None:
+        pytest.skip("CuPy arrays hold no strings or objects")
+    net = MultiLayerNet(20, [10], 5, use_batchnorm=True, use_dropout=True, seed=0, backend=backend)
+    before = _snapshot(net), {k: host(v).copy() for k, v in net.buffers.items()}
+    args = (backend.asarray(numpy.ones((4, 20))), t) + ((SGD(0.1),) if method == "train_step" else ())
+    with pytest.raises(ValueError, match=f"MultiLayerNet.{method}: {message}"):
+        getattr(net, method)(*args)
+    for key, value in before[0].items():
+        numpy.testing.assert_array_equal(host(net.params[key]), value)
+    for key, value in before[1].items():
+        numpy.testing.assert_array_equal(host(net.buffers[key]), value)
+
+
+@pytest.mark.parametrize("label", [5, 10**9, -10**9])
+def test_a_cpu_backend_checks_labels_even_when_told_not_to(backend, label):
+    """``check_labels=False`` saves a device wait on a GPU; on a CPU an unchecked label
+    would index outside the arrays (the numba kernels have no bounds checks)."""
+    if backend.gpu:
+        pytest.skip("on a GPU check_labels=False skips the check, as documented")
+    for sizes, optimizer in (((20, [10], 5), SGD(0.1)), ((20, [10, 8], 5), Adam()),
+                             ((20, [64, 64], 5), Momentum())):
+        net = MultiLayerNet(*sizes, seed=0, backend=backend)
+        t = numpy.zeros(300, dtype=numpy.int64)
+        t[7] = label
+        with pytest.raises(ValueError, match=r"train_step: labels must lie in \[0, 5\)"):
+            net.train_step(numpy.ones((300, 20)), t, optimizer, check_labels=False)
 
 
 def test_float64_inputs_do_not_promote_a_float32_net(backend):

@@ -10,7 +10,7 @@ from conftest import host
 
 from fastbp.data import load_dataset
 from fastbp.layers import ReLU
-from fastbp.nets import MultiLayerNet, NonFiniteLossError, TwoLayerNet
+from fastbp.nets import MultiLayerNet, NonFiniteInputError, NonFiniteLossError, TwoLayerNet
 from fastbp.optim import SGD, AdaGrad, Adam, Momentum, Nesterov, RMSprop
 from fastbp.train import Trainer, load_params, save_params
 
@@ -94,6 +94,10 @@ def _nets(backend, dtype):
         "batchnorm+dropout": lambda: (MultiLayerNet(4, [8, 8], 2, use_batchnorm=True,
                                                     use_dropout=True, seed=0, backend=backend,
                                                     dtype=dtype), Adam()),
+        "sigmoid": lambda: (MultiLayerNet(4, [8], 2, activation="sigmoid", seed=0,
+                                          backend=backend, dtype=dtype), SGD(0.1)),
+        "dropout": lambda: (MultiLayerNet(4, [8], 2, use_dropout=True, dropout_ratio=0.9, seed=0,
+                                          backend=backend, dtype=dtype), Momentum()),
     }
 
 
@@ -105,10 +109,31 @@ def _state(net, optimizer):
     return {k: host(v).copy() for k, v in arrays.items()}, dict(getattr(optimizer, "step", {}))
 
 
-@pytest.mark.parametrize("path", ["tiny", "blas", "adam", "momentum+decay", "batchnorm",
-                                  "batchnorm+dropout"])
-@pytest.mark.parametrize("bad", [NAN, INF])
-def test_a_non_finite_loss_applies_no_update_and_training_goes_on(backend, dtype, path, bad):
+_PATHS = ["tiny", "blas", "adam", "momentum+decay", "batchnorm", "batchnorm+dropout",
+          "sigmoid", "dropout"]
+
+
+def _assert_unchanged(net, optimizer, before):
+    after = _state(net, optimizer)
+    assert after[1] == before[1]  # Adam's step counts
+    assert after[0].keys() == before[0].keys()
+    for key, value in before[0].items():
+        numpy.testing.assert_array_equal(after[0][key], value, err_msg=key)
+
+
+def _trains_on(net, optimizer, x, t, before):
+    loss = net.train_step(net.backend.asarray(x), net.backend.asarray(t), optimizer)
+    assert math.isfinite(float(loss))
+    assert any(not numpy.array_equal(host(net.params[k]), before[0][f"param {k}"])
+               for k in net.params if k != f"W{net.n_layers}")
+
+
+@pytest.mark.parametrize("path", _PATHS)
+@pytest.mark.parametrize("bad", [NAN, INF, -INF])
+def test_a_batch_holding_nan_or_inf_applies_no_update_and_training_goes_on(backend, dtype, path,
+                                                                          bad):
+    """Refused before the step: a sigmoid saturates at +-inf and ReLU zeroes -inf, so the
+    loss can stay finite while the gradient is not."""
     net, optimizer = _nets(backend, dtype)[path]()
     rng = numpy.random.default_rng(0)
     x, t = rng.standard_normal((6, 4)), rng.integers(0, 2, 6)
@@ -116,26 +141,39 @@ def test_a_non_finite_loss_applies_no_update_and_training_goes_on(backend, dtype
     before = _state(net, optimizer)
     poisoned = x.copy()
     poisoned[2, 1] = bad
-    with pytest.raises(FloatingPointError, match=r"train_step: the loss is (nan|inf), not a finite "
-                                                 r"number, so no update was applied.*learning rate"):
+    with pytest.raises(NonFiniteInputError, match=r"train_step: x holds NaN or inf, so no update "
+                                                  r"was applied"):
         net.train_step(backend.asarray(poisoned), backend.asarray(t), optimizer)
-    after = _state(net, optimizer)
-    assert after[1] == before[1]  # Adam's step counts
-    assert after[0].keys() == before[0].keys()
-    for key, value in before[0].items():
-        numpy.testing.assert_array_equal(after[0][key], value, err_msg=key)
-    loss = net.train_step(backend.asarray(x), backend.asarray(t), optimizer)
-    assert math.isfinite(float(loss))
-    assert any(not numpy.array_equal(host(net.params[k]), before[0][f"param {k}"])
-               for k in net.params)
+    _assert_unchanged(net, optimizer, before)
+    _trains_on(net, optimizer, x, t, before)
+
+
+@pytest.mark.parametrize("path", _PATHS)
+def test_a_non_finite_loss_applies_no_update_and_training_goes_on(backend, dtype, path):
+    """A finite batch through an inf weight (written into the array, as an overflowed update
+    would leave it): the loss is NaN or inf, on every path's own check."""
+    net, optimizer = _nets(backend, dtype)[path]()
+    rng = numpy.random.default_rng(0)
+    x, t = rng.standard_normal((6, 4)), rng.integers(0, 2, 6)
+    net.train_step(backend.asarray(x), backend.asarray(t), optimizer)  # state exists
+    last = net.params[f"W{net.n_layers}"]
+    good = last.copy()
+    last[0, 0] = INF
+    before = _state(net, optimizer)
+    with pytest.raises(NonFiniteLossError, match=r"train_step: the loss is (nan|inf), not a finite "
+                                                 r"number, so no update was applied.*learning rate"):
+        net.train_step(backend.asarray(x), backend.asarray(t), optimizer)
+    _assert_unchanged(net, optimizer, before)
+    last[...] = good
+    _trains_on(net, optimizer, x, t, before)
 
 
 def test_the_error_carries_the_loss(backend):
     net = TwoLayerNet(4, 3, 2, seed=0, backend=backend)
-    x = numpy.ones((2, 4))
-    x[0, 0] = NAN
+    net.params["W2"][0, 0] = NAN
     with pytest.raises(NonFiniteLossError) as info:
-        net.train_step(backend.asarray(x), backend.asarray(numpy.array([0, 1])), SGD())
+        net.train_step(backend.asarray(numpy.ones((2, 4))), backend.asarray(numpy.array([0, 1])),
+                       SGD())
     assert math.isnan(info.value.loss)
 
 
@@ -150,14 +188,13 @@ def test_check_finite_false_applies_the_update(backend):
 
 # -------------------------------------------------------------------- Trainer
 def _poison_after(net, calls):
-    """Make ``net.train_step`` see a NaN in its batch from call number ``calls`` on."""
+    """Put a NaN in the net's last weights at ``net.train_step`` call number ``calls``."""
     real, count = net.train_step, [0]
 
     def train_step(x, t, optimizer, **checks):
         count[0] += 1
-        if count[0] >= calls:
-            x = x.copy()
-            x[0, 0] = NAN
+        if count[0] == calls:
+            net.params[f"W{net.n_layers}"][0, 0] = NAN
         return real(x, t, optimizer, **checks)
 
     net.train_step = train_step
@@ -264,8 +301,8 @@ def test_a_non_finite_loss_applies_no_update_where_updates_fold_into_products(ba
     x, t = rng.standard_normal((4000, 4)), rng.integers(0, 2, 4000)
     opt = optimizer()
     net.train_step(backend.asarray(x), backend.asarray(t), opt)
+    net.params["W3"][0, 0] = NAN
     before = _state(net, opt)
-    x[123, 2] = NAN
     with pytest.raises(NonFiniteLossError):
         net.train_step(backend.asarray(x), backend.asarray(t), opt)
     after = _state(net, opt)

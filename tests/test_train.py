@@ -187,6 +187,11 @@ def test_bar_only_on_a_terminal(monkeypatch):
     ({"t_train": numpy.zeros(9, dtype=int)}, "x_train and t_train .* received 10 and 9"),
     ({"t_train": numpy.zeros(10)}, "t_train must hold integer class indices"),
     ({"x_test": numpy.zeros((3, 4))}, "both x_test and t_test"),
+    ({"x_train": numpy.array([[0.0, 1, 2, numpy.nan]] * 10)},
+     "Trainer: x_train holds NaN or inf; remove or replace those samples"),
+    ({"x_test": numpy.full((3, 4), numpy.inf), "t_test": numpy.zeros(3, dtype=int)},
+     "Trainer: x_test holds NaN or inf"),
+    ({"t_train": numpy.full((10, 3), -numpy.inf)}, "Trainer: t_train holds NaN or inf"),
 ])
 def test_bad_arguments_are_named(backend, kwargs, fragment):
     args = {"x_train": numpy.zeros((10, 4)), "t_train": numpy.zeros(10, dtype=int), **kwargs}

@@ -115,6 +115,11 @@ class NumbaBackend(NumpyBackend):
     def label_range(self, t):
         return softmax.label_range(t)  # numba returns Python ints
 
+    def all_finite(self, array) -> bool:
+        if array.dtype not in _FLOATS:
+            return super().all_finite(array)
+        return bool(elementwise.all_finite(array.ravel(order="K")))  # a view unless strided
+
     # ----------------------------------------------------------------- affine
     def affine_forward(self, x, W, b):
         if not _floats(x, W, b):

@@ -1,4 +1,5 @@
-"""Per-element helpers shared by several jobs: activations, their gradients, the flush, a dot.
+"""Per-element helpers shared by several jobs: activations, their gradients, the flush, a dot,
+the finiteness test.
 
 Activations are coded as ``IDENTITY``, ``RELU``, ``SIGMOID``: plain ints the
 kernels take as an argument and branch on, so one compilation serves every
@@ -58,3 +59,17 @@ def _dot(a, b):
     for i in range(a.shape[0]):
         s += a[i] * b[i]
     return s
+
+
+@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
+def all_finite(a):
+    """True when the flat ``a`` holds no NaN or inf: ``v * 0`` is 0 exactly for finite ``v``.
+
+    ``reassoc`` alone lets the sum vectorise; without ``nnan``/``ninf`` the
+    compiler may not assume the NaN away (an early-exit loop ran 10x slower).
+    """
+    zero = a.dtype.type(0)
+    total = zero
+    for i in range(a.shape[0]):
+        total += a[i] * zero
+    return total == zero

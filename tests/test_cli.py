@@ -28,6 +28,14 @@ def test_gradcheck_prints_the_tolerance_it_was_given(capsys):
     assert "(tolerance 1.6e-09)" in capsys.readouterr().out
 
 
+def test_gradcheck_fails_when_only_the_directional_check_does(monkeypatch, capsys):
+    import fastbp.gradcheck
+
+    monkeypatch.setattr(fastbp.gradcheck, "directional_check", lambda *args, **kwargs: [1.0])
+    assert main(["gradcheck"]) == 1
+    assert "FAIL: worst 1.000e+00" in capsys.readouterr().out
+
+
 def test_gradcheck_deeper_sigmoid_net(capsys):
     assert main(["gradcheck", "--hidden", "6", "5", "--activation", "sigmoid"]) == 0
     assert "W3" in capsys.readouterr().out

@@ -1,5 +1,6 @@
 """``fastbp train``: the result line, defaults, outputs, and one-line errors."""
 
+import json
 import os
 import re
 import subprocess
@@ -61,6 +62,9 @@ def test_save_and_plot_write_their_files(tmp_path, capsys):
     assert str(ckpt) in out and str(png) in out
     result_line(out)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with numpy.load(ckpt) as archive:  # the net was built as the flags say
+        config = json.loads(str(archive["config"]))
+    assert config["weight_decay_lambda"] == 1e-4 and config["hidden_size_list"] == [16]
     net = MultiLayerNet(64, [16], 10, weight_decay_lambda=1e-4, seed=5)
     load_params(net, ckpt)
     from fastbp.data import load_dataset
@@ -135,6 +139,7 @@ def test_plain_run_uses_he_init_and_no_extras(monkeypatch, capsys):
     (["--dtype", "float16"], "argument --dtype: invalid choice: 'float16'"),
     (["--optimizer", "lbfgs"], "argument --optimizer: invalid choice: 'lbfgs'"),
     (["--dropout", "1.5"], "argument --dropout: must lie in [0, 1), received 1.5"),
+    (["--dropout", "1"], "argument --dropout: must lie in [0, 1), received 1"),
     (["--weight-decay", "-1"], "argument --weight-decay: must be a finite number >= 0, received -1"),
     (["--hidden", "0"], "argument --hidden: must be a positive integer, received 0"),
 ])

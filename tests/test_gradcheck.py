@@ -2,7 +2,8 @@ import numpy
 import pytest
 from conftest import host
 
-from fastbp.gradcheck import numerical_gradient, rel_error
+from fastbp.gradcheck import gradient_check, numerical_gradient, rel_error
+from fastbp.nets import MultiLayerNet
 
 
 def test_numerical_gradient_of_a_quadratic(backend):
@@ -24,3 +25,18 @@ def test_rel_error_definition():
     assert rel_error([1.0, 0.0], [1.0, 1.0]) == pytest.approx(1 / numpy.sqrt(2))
     with pytest.raises(ValueError, match="shapes differ"):
         rel_error(numpy.zeros(2), numpy.zeros(3))
+
+
+@pytest.mark.parametrize("key", ["W1", "b2"])
+def test_gradient_check_reports_a_wrong_gradient(backend, monkeypatch, key):
+    """A backprop gradient twice the true one is off by 1/2 of the larger: the floor (1e-4
+    of the net's gradient norm) changes nothing for an array of ordinary size."""
+    net = MultiLayerNet(20, [10], 5, weight_init_std=1.0, seed=0, backend=backend)
+    rng = numpy.random.default_rng(1)
+    x, t = backend.asarray(rng.standard_normal((8, 20))), backend.asarray(rng.integers(0, 5, 8))
+    backprop = net.gradient
+    monkeypatch.setattr(net, "gradient", lambda *args: {k: 2 * g if k == key else g
+                                                        for k, g in backprop(*args).items()})
+    errors = gradient_check(net, x, t)
+    assert errors[key] == pytest.approx(0.5, rel=1e-4)
+    assert max(e for k, e in errors.items() if k != key) < 1e-6

@@ -1,6 +1,7 @@
 """Every backend's hot paths against the NumPy reference, both dtypes, any layout."""
 
 import numpy
+import pytest
 from conftest import assert_close, host
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -73,6 +74,20 @@ def test_softmax_cross_entropy_matches_reference(accelerated, reference, dtype, 
     dx = accelerated.softmax_cross_entropy_backward(probs, t)
     assert dx.dtype == numpy.dtype(dtype)
     assert_close(dx, reference.softmax_cross_entropy_backward(ref_probs, t_host), dtype, "dx")
+
+
+@pytest.mark.parametrize("n, c", [(520, 64), (3001, 11)])  # n * c >= 2**15, n % 64 != 0
+@pytest.mark.parametrize("one_hot", [False, True])
+def test_softmax_cross_entropy_of_many_rows_matches_reference(accelerated, reference, dtype, n, c,
+                                                               one_hot):
+    """Enough rows for numba's row-parallel pass, and a last chunk of rows that is not full."""
+    (x,) = _arrays(accelerated, dtype, 0, [(n, c)])
+    labels = numpy.random.default_rng(1).integers(0, c, n)
+    t_host = numpy.eye(c, dtype=dtype)[labels] if one_hot else labels
+    loss, probs = accelerated.softmax_cross_entropy(x, accelerated.asarray(t_host))
+    ref_loss, ref_probs = reference.softmax_cross_entropy(reference.asarray(host(x)), t_host)
+    assert_close(loss, ref_loss, dtype, "loss")
+    assert_close(probs, ref_probs, dtype, "probs")
 
 
 def test_sgd_update_matches_reference_in_place(accelerated, reference, dtype):

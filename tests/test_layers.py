@@ -141,6 +141,19 @@ def test_identity_with_loss_backward_matches_numerical(backend, n, c, seed):
     assert rel_error(analytic, numeric) < 1e-7 or abs(host(analytic) - host(numeric)).max() < 1e-10
 
 
+@pytest.mark.parametrize("make", [SoftmaxWithLoss, IdentityWithLoss])
+def test_loss_layers_backward_scales_with_dout(backend, make):
+    """``backward(dout)`` is the chain rule's d(dout * loss)/dx, as in the book."""
+    rng = numpy.random.default_rng(0)
+    x = backend.asarray(rng.standard_normal((4, 3)))
+    t = backend.asarray(rng.integers(0, 3, 4) if make is SoftmaxWithLoss
+                        else rng.standard_normal((4, 3)))
+    layer = make(backend)
+    layer.forward(x, t)
+    once = host(layer.backward()).copy()
+    numpy.testing.assert_allclose(host(layer.backward(2.5)), 2.5 * once, rtol=1e-15)
+
+
 # ------------------------------------------------------------ layer contracts
 def test_relu_backward_leaves_dout_alone(backend):
     layer = ReLU(backend)

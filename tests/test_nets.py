@@ -127,6 +127,7 @@ BAD_INPUTS = [
     (numpy.ones((4, 20)), numpy.array([0, 1, 5, 2]), r"labels must lie in \[0, 5\), received values in \[0, 5\]"),
     (numpy.ones((4, 20)), numpy.array([0, -1, 2, 2]), r"\[0, 5\), received values in \[-1, 2\]"),
     (numpy.ones((4, 20)), numpy.zeros(4), "labels must be integers"),
+    (numpy.ones((4, 20)), numpy.array([True, False, True, False]), "labels must be integers, received dtype bool"),
     (numpy.ones((4, 20)), numpy.zeros((4, 4)), r"expected t of shape \(4,\) class indices or \(4, 5\) one-hot"),
     (numpy.ones(20), numpy.zeros(1, int), r"received shape \(20,\)"),
     (numpy.ones((0, 20)), numpy.zeros(0, int), r"with N >= 1, received shape \(0, 20\)"),
@@ -363,12 +364,25 @@ NET_OPTIONS = {
 @pytest.mark.parametrize("options", NET_OPTIONS)
 def test_train_step_equals_gradient_then_update(backend, dtype, optimizer, options):
     """Every optimizer and option: same parameters, buffers and optimizer state, step after step."""
+    _assert_step_equals_gradient_then_update(backend, dtype, optimizer, options, [5, 4])
+
+
+@pytest.mark.parametrize("optimizer", ["SGD", "Momentum", "Adam"])
+@pytest.mark.parametrize("options", ["plain", "one-hot", "sigmoid-decay"])
+def test_train_step_of_one_hidden_layer_equals_gradient_then_update(backend, dtype, optimizer,
+                                                                    options):
+    """The shape numba runs as one compiled SGD step (index labels, no decay), and its
+    neighbours, which must not take that path."""
+    _assert_step_equals_gradient_then_update(backend, dtype, optimizer, options, [5])
+
+
+def _assert_step_equals_gradient_then_update(backend, dtype, optimizer, options, hidden):
     kwargs, one_hot = NET_OPTIONS[options]
     x, t = _batch(10, 6, 3)
     if one_hot:
         t = numpy.eye(3)[t]
     x, t = backend.asarray(x), backend.asarray(t)
-    stepped, manual = (MultiLayerNet(6, [5, 4], 3, weight_init_std=1.0, seed=5, backend=backend,
+    stepped, manual = (MultiLayerNet(6, hidden, 3, weight_init_std=1.0, seed=5, backend=backend,
                                      dtype=dtype, **kwargs) for _ in range(2))
     opt_stepped, opt_manual = OPTIMIZER_MAKERS[optimizer](), OPTIMIZER_MAKERS[optimizer]()
     for step in range(3):
@@ -403,6 +417,23 @@ def test_train_step_returns_the_loss_before_its_update(backend, dtype):
                             dtype=dtype)
         expected = net.loss(x, t)
         assert_close(net.train_step(x, t, optimizer), expected, dtype, type(optimizer).__name__)
+
+
+def test_biases_before_a_batchnorm_move_its_running_mean_as_in_the_reference(accelerated, dtype):
+    """Their gradient is 0, but not their value: the batch mean, and so the running mean,
+    includes them (the step's own tests skip them as rounding noise)."""
+    x, t = _batch(10, 6, 3)
+    nets = [MultiLayerNet(6, [5, 4], 3, use_batchnorm=True, seed=3, backend=be, dtype=dtype)
+            for be in (accelerated, "numpy")]
+    for net in nets:
+        net.params["b1"] = numpy.linspace(-1, 1, 5)
+        net.params["b2"] = numpy.linspace(2, 3, 4)
+        for _ in range(2):
+            net.train_step(net.backend.asarray(x), net.backend.asarray(t), SGD(0.1))
+    ours, ref = nets
+    for key in ref.buffers:
+        assert_close(ours.buffers[key], ref.buffers[key], dtype, key)
+    assert_close(ours.predict(accelerated.asarray(x)), ref.predict(x), dtype, "predict")
 
 
 @pytest.mark.parametrize("activation", ["relu", "sigmoid"])

@@ -221,18 +221,21 @@ def test_info_reports_numba_details():
 
 @pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1", reason="already without JIT")
 def test_suite_passes_without_jit():
-    """The kernels are correct Python too: the numba-backend tests pass with NUMBA_DISABLE_JIT=1."""
+    """The kernels are correct Python too: the numba-backend tests pass with NUMBA_DISABLE_JIT=1.
+
+    Without the JIT no FTZ/DAZ mode is set, so only here do the subnormal tests see
+    the kernels' own flush (compiled, the mode would flush for them)."""
     tests = os.path.dirname(__file__)
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", "numba",
-         os.path.join(tests, "test_hot_paths.py"), os.path.join(tests, "test_nets.py"),
-         os.path.join(tests, "test_layers.py")],
+         *(os.path.join(tests, name) for name in ("test_hot_paths.py", "test_nets.py",
+                                                  "test_layers.py", "test_subnormals.py"))],
         capture_output=True, text=True, env={**os.environ, "NUMBA_DISABLE_JIT": "1"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 _FLOAT32_PROBE = """
-import re, numpy as np, numba
+import re, numpy as np, numba, fastbp
 from fastbp.nets import MultiLayerNet
 from fastbp.optim import SGD, AdaGrad, Adam, Momentum, Nesterov, RMSprop
 from fastbp.backends.numba_kernels import batchnorm, dense, elementwise, softmax, tiny, updates, whole
@@ -249,6 +252,9 @@ for sizes, batch, activation in [((2, 8, 2), 50, "relu"), ((2, 8, 2), 50, "sigmo
     net.train_step(x, np.eye(sizes[-1], dtype=np.float32)[t], SGD(0.1))
 bn = MultiLayerNet(6, [5], 3, use_batchnorm=True, seed=0, backend="numba", dtype="float32")
 bn.train_step(np.ones((8, 6), np.float32), np.arange(8) % 3, Adam()); bn.predict(np.ones((8, 6), np.float32))
+for rows in (8, 520):  # the layers' loss, serial and row-parallel
+    fastbp.get_backend("numba").softmax_cross_entropy(np.ones((rows, 64), np.float32),
+                                                      np.arange(rows) % 64)
 for module in (elementwise, dense, softmax, batchnorm, updates, tiny, whole):
     kernels = {name: obj for name, obj in vars(module).items()  # defined here, not imported
                if isinstance(obj, numba.core.registry.CPUDispatcher)
@@ -268,7 +274,7 @@ def test_float32_kernels_do_no_float64_arithmetic(tmp_path):
     arithmetic = {"_softmax_xent_serial", "_softmax_xent_parallel", "tiny_mlp_sgd_step",
                   "act_backward_col_sums", "bias_act_forward", "sgd", "momentum",
                   "nesterov", "adagrad", "rmsprop", "adam",
-                  "batchnorm_forward", "batchnorm_backward", "mlp_gradient"}
+                  "batchnorm_forward", "batchnorm_backward", "mlp_gradient", "all_finite"}
     assert arithmetic <= {name for name, _, _ in rows}
     assert all(int(float_ops) > 0 for name, float_ops, _ in rows if name in arithmetic)  # seen
     assert [name for name, _, double_ops in rows if int(double_ops)] == []
@@ -284,6 +290,8 @@ def test_fastbps_passes_treat_subnormals_as_zero_and_restore_the_mode():
     param = numpy.zeros(4, numpy.float32)
     NUMBA.sgd_update(param, numpy.full(4, tiny / 4, numpy.float32), 1.0)
     numpy.testing.assert_array_equal(param, 0)  # the subnormal gradient read as 0
+    NUMBA.sgd_update(param, numpy.full(4, tiny / 4, numpy.float32), 2.0 ** 40)
+    numpy.testing.assert_array_equal(param, 0)  # read as 0 (DAZ), not only a result flushed (FTZ)
     reference = numpy.zeros(4, numpy.float32)
     fastbp.get_backend("numpy").sgd_update(reference, numpy.full(4, tiny / 4, numpy.float32), 1.0)
     assert (reference != 0).all()  # NumPy itself computes with subnormals

@@ -156,6 +156,8 @@ BAD_HYPER = [
     (Momentum, {"momentum": 1.0}, r"Momentum: momentum must be in \[0, 1\), received 1.0"),
     (Nesterov, {"momentum": -0.1}, r"Nesterov: momentum must be in \[0, 1\), received -0.1"),
     (AdaGrad, {"eps": 0}, "AdaGrad: eps must be > 0, received 0"),
+    (RMSprop, {"eps": 0}, "RMSprop: eps must be > 0, received 0"),
+    (Adam, {"eps": -1e-8}, "Adam: eps must be > 0, received -1e-08"),
     (RMSprop, {"decay_rate": 1}, r"RMSprop: decay_rate must be in \[0, 1\), received 1"),
     (Adam, {"beta1": 1.5}, r"Adam: beta1 must be in \[0, 1\), received 1.5"),
     (Adam, {"beta2": float("nan")}, r"Adam: beta2 must be a finite number in \[0, 1\), received nan"),

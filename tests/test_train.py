@@ -238,13 +238,14 @@ def test_public_names_are_the_checkpoint_functions(tmp_path):
 
 def test_buffers_are_saved_and_restored_in_place(backend, tmp_path):
     source = MultiLayerNet(4, [6, 5], 3, use_batchnorm=True, seed=0, backend=backend)
-    source.buffers["running_mean1"] = numpy.arange(6.0)  # copied into the net's own array
+    values = numpy.random.default_rng(0).standard_normal(6)  # not exact in float32
+    source.buffers["running_mean1"] = values  # copied into the net's own array
     save_params(source, tmp_path / "b.npz")
     target = MultiLayerNet(4, [6, 5], 3, use_batchnorm=True, seed=1)
     buffer = target.buffers["running_mean1"]
     load_params(target, tmp_path / "b.npz")
     assert target.buffers["running_mean1"] is buffer
-    numpy.testing.assert_array_equal(buffer, numpy.arange(6.0))
+    numpy.testing.assert_array_equal(buffer, values)  # bit for bit
     plain = small_net("numpy", seed=1)  # a net without those buffers refuses the file
     before = snapshot(plain)
     with pytest.raises(CheckpointError, match="use_batchnorm is True in the file"):
@@ -432,6 +433,19 @@ def test_checkpoint_holds_config_and_format(tmp_path):
     assert {"config.npy", "format.npy", "param/W1.npy", "param/b3.npy"} <= names
     with numpy.load(tmp_path / "e.npz") as archive:
         assert archive["config"].dtype.kind == "U" and int(archive["format"]) == 1
+
+
+@pytest.mark.parametrize("n, batch_size, sizes", [(21, 5, [5, 5, 5, 5, 1]), (20, 5, [5] * 4),
+                                                   (3, 5, [3])])
+def test_every_sample_is_seen_once_an_epoch_in_batches_of_batch_size(n, batch_size, sizes):
+    """One process: a last batch of a single sample stays a batch of its own."""
+    net, seen = small_net("numpy"), []
+    step = net.train_step
+    net.train_step = lambda x, t, optimizer, **checks: (seen.append(len(x)),
+                                                        step(x, t, optimizer, **checks))[1]
+    x, t = numpy.zeros((n, 4)), numpy.arange(n) % 3
+    Trainer(net, SGD(0.1), x, t, epochs=1, batch_size=batch_size, verbose=False).fit()
+    assert seen == sizes
 
 
 def test_labels_are_checked_once_up_front(backend):

@@ -116,9 +116,9 @@ class NumbaBackend(NumpyBackend):
         return softmax.label_range(t)  # numba returns Python ints
 
     def all_finite(self, array) -> bool:
-        if array.dtype not in _FLOATS:
+        if array.dtype not in _FLOATS or array.ndim > 2:
             return super().all_finite(array)
-        return bool(elementwise.all_finite(array.ravel(order="K")))  # a view unless strided
+        return bool(elementwise.all_finite(array if array.ndim == 2 else array.reshape(1, -1)))
 
     # ----------------------------------------------------------------- affine
     def affine_forward(self, x, W, b):

@@ -314,7 +314,8 @@ class NumpyBackend:
         ``batchnorm`` is None, or for a BatchNorm after every hidden Affine
         ``(running, momentum, eps)`` with ``running`` the flat running
         statistics (``gamma``/``beta`` follow each hidden ``b`` in ``params``).
-        Returns the loss, and with ``check_finite`` updates nothing (running
-        statistics included) when it is NaN or inf.
+        Returns the loss; with ``check_finite`` a NaN or inf in ``x`` or in the
+        loss updates nothing (running statistics included) and the loss
+        returned is then not finite (the net tells the two apart).
         """
         return None

@@ -63,7 +63,8 @@ def _dot(a, b):
 
 @njit(cache=True, error_model="numpy", fastmath={"reassoc"})
 def all_finite(a):
-    """True when the flat ``a`` holds no NaN or inf: ``v * 0`` is 0 exactly for finite ``v``.
+    """True when the 2-D ``a`` (any layout) holds no NaN or inf: ``v * 0`` is 0 exactly for
+    finite ``v``.
 
     ``reassoc`` alone lets the sum vectorise; without ``nnan``/``ninf`` the
     compiler may not assume the NaN away (an early-exit loop ran 10x slower).
@@ -71,5 +72,6 @@ def all_finite(a):
     zero = a.dtype.type(0)
     total = zero
     for i in range(a.shape[0]):
-        total += a[i] * zero
+        for j in range(a.shape[1]):
+            total += a[i, j] * zero
     return total == zero

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from fastbp.backends.numba_kernels.elementwise import _act, _act_backward, _dot, _flushed
+from fastbp.backends.numba_kernels.elementwise import _act, _act_backward, _dot, _flushed, all_finite
 
 
 @njit(cache=True, error_model="numpy", fastmath={"reassoc"})
@@ -103,9 +103,11 @@ def tiny_mlp_sgd_step(x, t, W1, b1, W2, b2, act, lr, scale, check_finite):
     along the batch and vectorises; only the weight and bias gradients are
     reductions.  All scratch arrays are views of one allocation.  ``t`` holds
     class indices; ``scale`` is ``1 / N``.  Returns the mean loss, like
-    :func:`.softmax.softmax_xent`; with ``check_finite`` a NaN or inf loss returns
-    before any update.
+    :func:`.softmax.softmax_xent`; with ``check_finite`` a NaN or inf in ``x``
+    returns NaN, and a NaN or inf loss returns it, before any update.
     """
+    if check_finite and not all_finite(x):
+        return x.dtype.type(np.nan)
     n, d_in = x.shape
     d_hid, d_out = W2.shape
     one, lr, scale = x.dtype.type(1), x.dtype.type(lr), x.dtype.type(scale)

@@ -21,7 +21,7 @@ from numba import njit
 
 from fastbp.backends.numba_blas import _numpy_blas_gemm
 from fastbp.backends.numba_kernels.batchnorm import batchnorm_backward, batchnorm_forward
-from fastbp.backends.numba_kernels.elementwise import _act, _act_backward, _dot
+from fastbp.backends.numba_kernels.elementwise import _act, _act_backward, _dot, all_finite
 from fastbp.backends.numba_kernels.softmax import _sum, _xent_rows
 
 
@@ -42,11 +42,14 @@ def mlp_gradient(x, t, sizes, p, g, act, lam, work, check_finite, running, momen
     ``W1, b1, [gamma1, beta1,] W2, ...`` in order, the BatchNorm ones when
     ``running`` (the flat ``running_mean1, running_var1, ...``) is not None;
     they are updated in place with ``momentum``, normalising with ``eps``.
-    With ``check_finite`` a NaN or inf loss returns before the backward pass,
-    with the running statistics as they were.  ``work`` is scratch of at
+    With ``check_finite`` a NaN or inf in ``x`` returns NaN before anything,
+    and a NaN or inf loss returns before the backward pass, with the running
+    statistics as they were.  ``work`` is scratch of at
     least :func:`work_size` elements, reused from step to step (a fresh array
     of megabytes each step costs its page faults every time).
     """
+    if check_finite and not all_finite(x):
+        return x.dtype.type(np.nan)
     n, layers = x.shape[0], sizes.size - 1
     dtype = x.dtype.type
     one, lam = dtype(1), dtype(lam)

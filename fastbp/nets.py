@@ -377,7 +377,6 @@ class MultiLayerNet:
         params = self._params
         optimizer.check_fits(params, self)
         x, t = self._prepare(x, t, where="train_step", check_labels=check_labels)
-        where = f"{type(self).__name__}.train_step"
         whole = self._fusable and self.gradient_hook is None
         rule = optimizer.flat_rule(params, self.backend) if whole else None
         if rule is not None:
@@ -387,13 +386,14 @@ class MultiLayerNet:
                                            self._batchnorm)
             if loss is not None:  # the backend ran the whole step as one call, x checked
                 if check_finite and not math.isfinite(loss):  # and updated nothing
+                    where = f"{type(self).__name__}.train_step"
                     if not self.backend.all_finite(x):
                         raise NonFiniteInputError(where)
                     raise NonFiniteLossError(where, loss)
                 optimizer.count_flat(params)
                 return loss
         if check_finite and not self.backend.all_finite(x):
-            raise NonFiniteInputError(where)
+            raise NonFiniteInputError(f"{type(self).__name__}.train_step")
         return self._step(x, t, optimizer, check_finite)
 
     def _step(self, x, t, optimizer, check_finite):

@@ -116,9 +116,9 @@ class NumbaBackend(NumpyBackend):
         return softmax.label_range(t)  # numba returns Python ints
 
     def all_finite(self, array) -> bool:
-        if array.dtype not in _FLOATS or array.ndim > 2:
+        if array.dtype not in _FLOATS:
             return super().all_finite(array)
-        return bool(elementwise.all_finite(array if array.ndim == 2 else array.reshape(1, -1)))
+        return bool(elementwise.all_finite(array.ravel(order="K")))  # a view unless strided
 
     # ----------------------------------------------------------------- affine
     def affine_forward(self, x, W, b):
@@ -301,7 +301,7 @@ class NumbaBackend(NumpyBackend):
     def _tiny_sgd_step(x, t, weights, biases, params, activation, lr, check_finite):
         # decided with the fewest checks: the whole step takes ~6 µs (the weights and
         # biases are views of params, so one dtype check covers them)
-        if (len(weights) == 2 and t.ndim == 1 and _floats(x, params)
+        if (len(weights) == 2 and t.ndim == 1 and _floats(x, params) and x.flags.c_contiguous
                 and x.shape[0] * (weights[0].size + weights[1].size) <= TINY_STEP_FLOPS):
             (W1, W2), (b1, b2) = weights, biases
             return x.dtype.type(tiny.tiny_mlp_sgd_step(x, t, W1, b1, W2, b2, _ACTIVATIONS[activation],

@@ -63,15 +63,15 @@ def _dot(a, b):
 
 @njit(cache=True, error_model="numpy", fastmath={"reassoc"})
 def all_finite(a):
-    """True when the 2-D ``a`` (any layout) holds no NaN or inf: ``v * 0`` is 0 exactly for
-    finite ``v``.
+    """True when the 1-D ``a`` holds no NaN or inf: ``v * 0`` is 0 exactly for finite ``v``.
 
     ``reassoc`` alone lets the sum vectorise; without ``nnan``/``ninf`` the
-    compiler may not assume the NaN away (an early-exit loop ran 10x slower).
+    compiler may not assume the NaN away.  One flat loop: over a 2-D array's
+    rows and columns it ran 10x slower on a two-column batch, and an
+    early-exit loop 10x slower on a wide one.
     """
     zero = a.dtype.type(0)
     total = zero
     for i in range(a.shape[0]):
-        for j in range(a.shape[1]):
-            total += a[i, j] * zero
+        total += a[i] * zero
     return total == zero

@@ -104,9 +104,10 @@ def tiny_mlp_sgd_step(x, t, W1, b1, W2, b2, act, lr, scale, check_finite):
     reductions.  All scratch arrays are views of one allocation.  ``t`` holds
     class indices; ``scale`` is ``1 / N``.  Returns the mean loss, like
     :func:`.softmax.softmax_xent`; with ``check_finite`` a NaN or inf in ``x``
-    returns NaN, and a NaN or inf loss returns it, before any update.
+    returns NaN, and a NaN or inf loss returns it, before any update; ``x`` is
+    C-contiguous.
     """
-    if check_finite and not all_finite(x):
+    if check_finite and not all_finite(x.reshape(x.size)):
         return x.dtype.type(np.nan)
     n, d_in = x.shape
     d_hid, d_out = W2.shape

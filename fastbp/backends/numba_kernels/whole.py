@@ -48,7 +48,7 @@ def mlp_gradient(x, t, sizes, p, g, act, lam, work, check_finite, running, momen
     least :func:`work_size` elements, reused from step to step (a fresh array
     of megabytes each step costs its page faults every time).
     """
-    if check_finite and not all_finite(x):
+    if check_finite and not all_finite(x.reshape(x.size)):  # x is C-contiguous
         return x.dtype.type(np.nan)
     n, layers = x.shape[0], sizes.size - 1
     dtype = x.dtype.type

@@ -79,12 +79,10 @@ _UPDATE_KERNELS = {
 }
 
 
-def _kernel_update(name, hyper):
-    """``(kernel, constants)`` of the fused update ``name``: the constants as floats, a tuple
-    the dispatcher types faster than a fresh array (and one compilation, whatever numbers
-    the user gave), rounded to the arrays' dtype inside the kernel."""
+def _kernel_update(name, hyper, dtype):
+    """``(kernel, constants)`` of the fused update ``name`` for arrays of ``dtype``."""
     kernel, constants = _UPDATE_KERNELS[name]
-    return kernel, tuple(map(float, constants(*hyper)))
+    return kernel, np.array(constants(*hyper), dtype=dtype)
 
 
 def _fused_update(name, arrays, hyper):
@@ -96,7 +94,7 @@ def _fused_update(name, arrays, hyper):
     dtype = arrays[0].dtype
     if dtype not in _FLOATS or not all(a.dtype == dtype and a.flags.c_contiguous for a in arrays):
         return False
-    kernel, constants = _kernel_update(name, hyper)
+    kernel, constants = _kernel_update(name, hyper, dtype)
     kernel(*[a.reshape(-1) for a in arrays], constants)
     return True
 
@@ -283,7 +281,7 @@ class NumbaBackend(NumpyBackend):
         if batchnorm is None and x.shape[0] * params.size > _FOLD_ABOVE.get(name, math.inf):
             return None  # the step's own path folds this update into the products
         running, momentum, eps = batchnorm or (None, 0.0, 0.0)
-        kernel, constants = _kernel_update(name, hyper)
+        kernel, constants = _kernel_update(name, hyper, x.dtype)
         work = self._scratch(x.dtype, whole.work_size(x.shape[0], sizes, batchnorm is not None))
         loss = x.dtype.type(whole.mlp_gradient(
             x, t, sizes, params, grads, _ACTIVATIONS[activation], float(decay), work,

@@ -22,7 +22,7 @@ Conventions every kernel keeps, so results equal the NumPy reference:
   arrays' dtype (``x.dtype.type(v)``): a float64 scalar would promote
   float32 arithmetic inside numba, and NumPy scalar arguments take the
   dispatcher twice as long as Python floats.  The update kernels take their
-  constants as one tuple of floats, in the reference's order.
+  constants as one array already in that dtype, in the reference's order.
 - ``error_model="numpy"``: division by zero gives inf/nan as in NumPy instead
   of a Python exception, whose check kept loops with a division from
   vectorising (the optimizer updates ran 8x slower).

@@ -1,5 +1,5 @@
 """Per-element helpers shared by several jobs: activations, their gradients, the flush, a dot,
-the finiteness test, constants in an array's dtype.
+the finiteness test.
 
 Activations are coded as ``IDENTITY``, ``RELU``, ``SIGMOID``: plain ints the
 kernels take as an argument and branch on, so one compilation serves every
@@ -50,16 +50,6 @@ def _act_backward(d, a, act, one):
 def _flushed(v, tiny):
     """``v``, or 0 below the smallest normal ``tiny`` (NaN stays NaN): a select, not a pass."""
     return v - v if abs(v) < tiny else v
-
-
-@njit(cache=True, error_model="numpy")
-def _typed(constants, like):
-    """A tuple of floats as an array of ``like``'s dtype, each rounded once, as NumPy rounds
-    a Python float meeting an array of that dtype."""
-    out = np.empty(len(constants), dtype=like.dtype)
-    for i in range(len(constants)):
-        out[i] = constants[i]
-    return out
 
 
 @njit(cache=True, error_model="numpy", fastmath={"reassoc"})

@@ -1,8 +1,7 @@
 """The fused optimizer updates: one pass over parameter, gradient and state, a kernel per rule.
 
 Each kernel works in place on flat (1-D) arrays, with the rule's constants
-``c`` (a tuple of Python floats, in the order the reference applies them),
-rounded once to the arrays' dtype as the reference rounds them, so every
+``c`` in the arrays' dtype, in the order the reference applies them, so every
 rounding step matches it.  State is flushed of subnormals before the
 parameter reads it (a select, as in the reference), and the pass runs with
 subnormals read as zero (:mod:`.fpmode`): decaying state and tiny gradients
@@ -10,7 +9,7 @@ make subnormal intermediates, which slow every operation on them many times
 over.  One kernel per rule, not one with a branch per rule: a step compiles
 only the rule it uses (all seven loops in one kernel took 1.5x Adam's alone
 to compile here).  Serial: on two cores a parallel pass ran 1.7-1.9x faster alone but
-made a step slower (784-100-100-10: 1.14x; 784-1024-1024-10: 1.03x), its second
+made a step slower (1.14-1.16x at 784-100-100-10, 1.04x at 784-1024-1024-10), its second
 thread landing on the core where the step's last BLAS product left a thread spinning.
 """
 
@@ -19,14 +18,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from fastbp.backends.numba_kernels.elementwise import _flushed, _typed
+from fastbp.backends.numba_kernels.elementwise import _flushed
 from fastbp.backends.numba_kernels.fpmode import flush_on, restore
 
 
 @njit(cache=True, error_model="numpy")
 def sgd(p, g, c):
     """``p -= lr * g``; c: lr."""
-    c = _typed(c, p)
     previous, lr = flush_on(), c[0]
     for i in range(p.size):
         p[i] -= lr * g[i]
@@ -36,7 +34,6 @@ def sgd(p, g, c):
 @njit(cache=True, error_model="numpy")
 def apply_velocity(p, v, c):
     """``v -= lr * lambda * p; p += v``, for a velocity a product just made; c: lr * lambda."""
-    c = _typed(c, p)
     previous, tiny, decay = flush_on(), p.dtype.type(np.finfo(p.dtype).tiny), c[0]
     for i in range(p.size):
         vi = _flushed(v[i] - decay * p[i], tiny)
@@ -48,7 +45,6 @@ def apply_velocity(p, v, c):
 @njit(cache=True, error_model="numpy")
 def momentum(p, g, velocity, c):
     """Heavy ball; c: lr, momentum."""
-    c = _typed(c, p)
     previous, tiny, lr, mu = flush_on(), p.dtype.type(np.finfo(p.dtype).tiny), c[0], c[1]
     for i in range(p.size):
         v = _flushed(velocity[i] * mu - lr * g[i], tiny)
@@ -60,7 +56,6 @@ def momentum(p, g, velocity, c):
 @njit(cache=True, error_model="numpy")
 def nesterov(p, g, velocity, c):
     """Nesterov momentum; c: lr, momentum."""
-    c = _typed(c, p)
     previous, tiny, lr, mu = flush_on(), p.dtype.type(np.finfo(p.dtype).tiny), c[0], c[1]
     for i in range(p.size):
         step = lr * g[i]
@@ -73,7 +68,6 @@ def nesterov(p, g, velocity, c):
 @njit(cache=True, error_model="numpy")
 def adagrad(p, g, h, c):
     """c: lr, eps."""
-    c = _typed(c, p)
     previous, tiny, lr, eps = flush_on(), p.dtype.type(np.finfo(p.dtype).tiny), c[0], c[1]
     for i in range(p.size):
         gi = g[i]
@@ -86,7 +80,6 @@ def adagrad(p, g, h, c):
 @njit(cache=True, error_model="numpy")
 def rmsprop(p, g, h, c):
     """c: lr, eps, decay, 1 - decay."""
-    c = _typed(c, p)
     previous, tiny = flush_on(), p.dtype.type(np.finfo(p.dtype).tiny)
     lr, eps, decay, keep = c[0], c[1], c[2], c[3]
     for i in range(p.size):
@@ -100,7 +93,6 @@ def rmsprop(p, g, h, c):
 @njit(cache=True, error_model="numpy")
 def adam(p, g, m, v, c):
     """c: corrected lr, corrected eps, beta1, 1 - beta1, beta2, 1 - beta2."""
-    c = _typed(c, p)
     previous, tiny = flush_on(), p.dtype.type(np.finfo(p.dtype).tiny)
     lr, eps, beta1, keep1, beta2, keep2 = c[0], c[1], c[2], c[3], c[4], c[5]
     for i in range(p.size):

@@ -240,11 +240,40 @@ def check_same_net(comm, net):
     Run at start-up, before any step: a mismatched buffer in a collective
     truncates, corrupts or hangs instead of failing clearly.
     """
-    described = comm.allgather(describe_net(net))
+    _refuse_differences(comm.allgather(describe_net(net)), "the nets differ across ranks")
+
+
+def _refuse_differences(described, what):
+    """Raise ValueError naming every rank whose description differs from rank 0's."""
     problems = [f"rank {r} differs from rank 0 in {_differences(d, described[0])}"
                 for r, d in enumerate(described) if d != described[0]]
     if problems:
-        raise ValueError("fastbp: the nets differ across ranks: " + ". ".join(problems))
+        raise ValueError(f"fastbp: {what}: " + ". ".join(problems))
+
+
+def _seed_key(seed):
+    """``seed`` as a value equal on two ranks exactly when it gives the same permutations."""
+    if isinstance(seed, numpy.random.Generator):
+        return ("Generator", repr(seed.bit_generator.state))
+    if isinstance(seed, numpy.random.SeedSequence):
+        return ("SeedSequence", seed.entropy, tuple(seed.spawn_key))
+    return seed if seed is None or numpy.ndim(seed) == 0 else ("sequence", numpy.asarray(seed).tolist())
+
+
+def check_same_run(comm, description: dict, shared=None):
+    """Raise ValueError on every rank if any rank's ``description`` (data set shapes, batch
+    size, epochs, seed: what fixes the global batches) differs from rank 0's; else rank 0's
+    ``shared``.
+
+    Each rank takes its share of the same seeded permutation: a rank with other sizes
+    runs other steps (its collectives mismatch), one with another seed other samples.
+    """
+    if "seed" in description:
+        description = {**description, "seed": _seed_key(description["seed"])}
+    gathered = comm.allgather((description, shared))
+    _refuse_differences([d for d, _ in gathered], "every rank must train on the same data set "
+                        "with the same batch_size, epochs and seed")
+    return gathered[0][1]
 
 
 def broadcast_net(comm, net, root=0):
@@ -270,7 +299,7 @@ class DataParallel:
 
     def __init__(self, comm, net):
         self.comm, self.net = comm, net
-        self._weight = 1.0
+        self._weight, self._reduced = 1.0, True
         if comm.size == 1:
             return
         if net.backend.gpu:
@@ -285,6 +314,7 @@ class DataParallel:
         n, size, rank = len(batch), self.comm.size, self.comm.rank
         local = batch[n * rank // size:n * (rank + 1) // size]
         self._weight = len(local) * size / n
+        self._reduced = False  # a new step: its gradients are not averaged yet
         return local
 
     @property
@@ -293,9 +323,26 @@ class DataParallel:
         return None if self.comm.size == 1 else self._average_gradients
 
     def _average_gradients(self, grads):
+        self._reduced = True
         if self._weight != 1:  # an uneven split: weight the shard's mean by its size
             grads.flat *= self._weight
         self.comm.allreduce_mean(grads.flat)
+        if not self.net.backend.all_finite(grads.flat):  # a rank abandoned the step (or overflowed)
+            from fastbp.nets import NonFiniteLossError
+
+            raise NonFiniteLossError(f"{type(self.net).__name__}.train_step (the gradient averaged "
+                                     "over the ranks: another rank's loss was not finite)",
+                                     float("nan"))
+
+    def abandon_step(self):
+        """Join the step's Allreduce with NaN after this rank's loss was not finite.
+
+        The other ranks wait in it; the NaN reaches all of them, so every rank
+        raises before its update and the parameters stay equal and untouched.
+        """
+        if self.comm.size > 1 and not self._reduced:
+            self._reduced = True
+            self.comm.allreduce_mean(numpy.full_like(self.net.grads.flat, numpy.nan))
 
     def total(self, value) -> float:
         """The sum of ``value`` over the ranks (a loss or a count of correct answers)."""

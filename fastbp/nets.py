@@ -449,7 +449,12 @@ class MultiLayerNet:
                 db = be.activation_backward_bias(d, None, "identity")[1]
         if optimizer is not None and not fold:
             if self.gradient_hook is not None:
-                self.gradient_hook(self.grads)  # the one place between gradient and update
+                try:
+                    self.gradient_hook(self.grads)  # the one place between gradient and update
+                except FloatingPointError:  # e.g. another rank's loss was not finite
+                    if saved is not None:
+                        self.buffers.flat[...] = saved
+                    raise
             optimizer.update_flat(self.params, self.grads, be)
         return loss
 

@@ -21,7 +21,7 @@ import numpy
 from fastbp.atomic import replacing
 from fastbp.backends import to_numpy
 from fastbp.checks import check_count, check_seed
-from fastbp.distributed import DataParallel, SingleProcess
+from fastbp.distributed import DataParallel, SingleProcess, check_same_run
 from fastbp.nets import NonFiniteLossError
 
 #: the layout of the checkpoint files this module writes
@@ -86,6 +86,16 @@ class Trainer:
         else:
             self.x_test, self.t_test = self._to_device("x_test", x_test, "t_test", t_test)
         self.history = {"loss": [], "train_acc": [], "test_acc": [], "epoch_time": []}
+        if self.comm.size > 1:  # every rank must cut the same global batches
+            drawn = int(numpy.random.SeedSequence().entropy) if self.seed is None else None
+            root_draw = check_same_run(self.comm, {
+                "x_train": tuple(self.x_train.shape), "t_train": tuple(self.t_train.shape),
+                "x_test": None if x_test is None else tuple(self.x_test.shape),
+                "t_test": None if t_test is None else tuple(self.t_test.shape),
+                "epochs": self.epochs, "batch_size": self.batch_size,
+                "seed": self.seed, "eval_sample": self.eval_sample}, shared=drawn)
+            if self.seed is None:  # unseeded: rank 0's random permutations, on every rank
+                self.seed = root_draw
         self.parallel = DataParallel(self.comm, net)  # rank 0's weights everywhere, checked
 
     def _to_device(self, x_name, x, t_name, t):
@@ -141,6 +151,7 @@ class Trainer:
                                                    self.optimizer, check_labels=False,
                                                    check_finite=check_each_step)
                     except NonFiniteLossError as exc:
+                        parallel.abandon_step()  # the other ranks wait in this step's Allreduce
                         raise self._diverged(epoch, step, len(batches), exc.loss) from None
                     losses.append(loss)
                     total = total + loss * len(batch)  # stays on the device

@@ -35,9 +35,16 @@ def clean_env(**extra):
     return {**env, **extra}
 
 
-def mpiexec(n, args, timeout=60):
-    """Run ``mpiexec -n n python *args``; a job past ``timeout`` is killed and fails the test."""
-    cmd = [MPIEXEC, "-n", str(n), sys.executable, *map(str, args)]
+def mpiexec(n, args, timeout=60, wdirs=None):
+    """Run ``mpiexec -n n python *args``; a job past ``timeout`` is killed and fails the test.
+
+    ``wdirs``: one working directory per rank (an MPMD launch, one rank per part).
+    """
+    if wdirs is None:
+        cmd = [MPIEXEC, "-n", str(n), sys.executable, *map(str, args)]
+    else:
+        parts = [["-n", "1", "-wdir", str(w), sys.executable, *map(str, args)] for w in wdirs]
+        cmd = [MPIEXEC, *[word for part in parts for word in (*part, ":")][:-1]]
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           env=clean_env(), start_new_session=True) as proc:
         try:

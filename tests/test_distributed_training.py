@@ -166,3 +166,101 @@ def test_fastbp_train_distributed_reports_and_saves_once(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("train acc "), result.stdout
     assert save.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["net.npz"]
+
+
+_NONFINITE_ON_ONE_RANK = """
+import sys
+import numpy as np
+from fastbp.distributed import world
+from fastbp.nets import MultiLayerNet
+from fastbp.optim import Adam
+from fastbp.train import Trainer
+
+comm = world(required=True)
+rng = np.random.default_rng(0)
+x, t = rng.standard_normal((64, 8)), rng.integers(0, 4, 64)
+net = MultiLayerNet(8, [16], 4, seed=0, use_batchnorm=True, backend=sys.argv[1])
+opt = Adam(lr=0.01)
+Trainer(net, opt, x, t, epochs=1, batch_size=64, verbose=False, comm=comm).fit()
+before = (net.params.flat.copy(), net.buffers.flat.copy(), dict(opt.step),
+          {k: v.copy() for k, v in opt.m.items()})
+bad = x.copy()
+bad[np.random.default_rng(0).permutation(64)[32:]] = 1e307  # only rank 1's share overflows
+try:
+    Trainer(net, opt, bad, t, epochs=1, batch_size=64, verbose=False, comm=comm).fit()
+except FloatingPointError as exc:
+    print(f"rank {comm.rank} stopped: {exc}", flush=True)
+assert np.array_equal(net.params.flat, before[0]) and np.array_equal(net.buffers.flat, before[1])
+assert dict(opt.step) == before[2] and all(np.array_equal(opt.m[k], v) for k, v in before[3].items())
+comm.barrier()  # every rank is still in step
+print(f"rank {comm.rank} untouched", flush=True)
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_before_its_update(tmp_path, backend):
+    """A FloatingPointError is meant to be caught; the other ranks must not wait forever."""
+    script = write_script(tmp_path, "nonfinite.py", _NONFINITE_ON_ONE_RANK)
+    result = mpiexec(2, ["-m", "mpi4py", script, backend], timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for r in range(2):
+        assert f"rank {r} stopped: Trainer: the loss of epoch 1, batch 1 of 1" in result.stdout
+        assert f"rank {r} untouched" in result.stdout
+
+
+@pytest.mark.parametrize("missing_on", [0, 1])
+def test_fastbp_train_distributed_never_leaves_ranks_waiting_after_an_error_on_one(tmp_path,
+                                                                                  missing_on):
+    """Without ``python -m mpi4py``: an error that main turns into exit status 2 on one rank
+    must end every rank; only rank 0 writes, so only its --save directory has to exist."""
+    wdirs = [tmp_path / "rank0", tmp_path / "rank1"]
+    for r, wdir in enumerate(wdirs):
+        (wdir / "out").mkdir(parents=True) if r != missing_on else wdir.mkdir()
+    args = ["-m", "fastbp", "train", "--distributed", "--epochs", "1", "--hidden", "16", "--quiet",
+            "--save", "out/net.npz"]
+    result = mpiexec(2, args, timeout=60, wdirs=wdirs)
+    if missing_on == 0:
+        assert result.returncode != 0, result.stdout + result.stderr
+        assert "fastbp train: error (rank 0): --save out/net.npz: directory" in result.stderr
+    else:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert (wdirs[0] / "out" / "net.npz").exists()
+
+
+_RUN_MISMATCH = """
+import sys
+import numpy as np
+from fastbp.distributed import world
+from fastbp.nets import MultiLayerNet
+from fastbp.optim import SGD
+from fastbp.train import Trainer
+
+comm = world(required=True)
+what = sys.argv[1]
+n = 640 - (32 if what == "samples" and comm.rank == 1 else 0)  # each rank loaded its own file
+x, t = np.random.default_rng(0).standard_normal((n, 8)), np.zeros(n, dtype=int)
+seed = {"seed": comm.rank, "unseeded": None}.get(what, 0)
+net = MultiLayerNet(8, [16], 4, seed=0)
+try:
+    trainer = Trainer(net, SGD(), x, t, epochs=1, batch_size=32, seed=seed, verbose=False, comm=comm)
+except ValueError as exc:
+    print(f"rank {comm.rank}: {exc}", flush=True)
+    sys.exit(0)
+seeds = comm.allgather(trainer.seed)
+assert what == "unseeded" and seeds[0] is not None and len(set(seeds)) == 1, seeds
+trainer.fit()
+print(f"rank {comm.rank}: trained with rank 0's permutations", flush=True)
+"""
+
+
+@pytest.mark.parametrize("what, expected", [
+    ("samples", "rank 1 differs from rank 0 in x_train ((608, 8) vs (640, 8)), t_train"),
+    ("seed", "rank 1 differs from rank 0 in seed (1 vs 0)"),
+    ("unseeded", "trained with rank 0's permutations")])
+def test_ranks_must_cut_the_same_global_batches(tmp_path, what, expected):
+    """Other sizes would mismatch the collectives; another seed silently trains on other samples."""
+    script = write_script(tmp_path, "run_mismatch.py", _RUN_MISMATCH)
+    result = mpiexec(2, ["-m", "mpi4py", script, what], timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for r in range(2):
+        assert f"rank {r}: " in result.stdout and result.stdout.count(expected) == 2, result.stdout

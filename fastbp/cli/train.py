@@ -94,19 +94,31 @@ def _check_output_path(flag, path):
 
 
 def cmd_train(args):
+    optimizer = _optimizer(args.optimizer, args.lr)
+    comm = _communicator(args.distributed)
+    try:
+        return _train(args, optimizer, comm)
+    except (ValueError, ImportError, NotImplementedError) as exc:
+        if comm.size == 1:
+            raise  # main prints it: one line, exit status 2
+        # main would return 2 from this rank only, past the abort hook: the others would wait
+        print(f"fastbp train: error (rank {comm.rank}): {exc}", file=sys.stderr, flush=True)
+        comm.abort(2)
+
+
+def _train(args, optimizer, comm):
     from fastbp.data import load_dataset
     from fastbp.nets import MultiLayerNet
     from fastbp.train import Trainer, save_params
 
-    optimizer = _optimizer(args.optimizer, args.lr)
-    comm = _communicator(args.distributed)
     if comm.rank != 0:
         args.quiet = True
-    for flag, path in (("--save", args.save), ("--plot", args.plot)):
-        if path is not None:
-            _check_output_path(flag, path)
-    if args.plot is not None:
-        _check_plot_format(args.plot)
+    if comm.rank == 0:  # rank 0 alone writes
+        for flag, path in (("--save", args.save), ("--plot", args.plot)):
+            if path is not None:
+                _check_output_path(flag, path)
+        if args.plot is not None:
+            _check_plot_format(args.plot)
     (x_train, t_train), (x_test, t_test) = load_dataset(
         args.dataset, data_dir=args.data_dir, download=args.download)
     n_classes = int(max(t_train.max(), t_test.max())) + 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import math
 import os
 import struct
@@ -279,7 +280,12 @@ def _download(name, directory: Path, filename) -> Path:
     Bytes land in a temporary file beside the target and are renamed into
     place only once verified, so an interrupted or bad download leaves nothing.
     """
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, no permission, a read-only file system
+        raise DatasetDownloadError(
+            f"load_dataset({name!r}): cannot create the data directory {directory} to download "
+            f"{filename} into ({exc}). Fix: pass another data_dir (--data-dir)") from None
     expected = SHA256[name][filename]
     target = directory / filename
     failures = []
@@ -295,7 +301,8 @@ def _download(name, directory: Path, filename) -> Path:
             return target
         except _ChecksumMismatch as exc:
             failures.append(str(exc))
-        except OSError as exc:  # URLError, timeouts and full disks are all OSErrors
+        except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, full disks;
+            # a connection closed mid-body (IncompleteRead) is an HTTPException, not an OSError
             failures.append(f"{url}: {exc}")
     raise DatasetDownloadError(
         f"load_dataset({name!r}): could not download {filename} into {directory}: "

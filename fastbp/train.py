@@ -75,12 +75,12 @@ class Trainer:
                              f"t_test={'None' if t_test is None else 'an array'}")
         self.net, self.optimizer = net, optimizer
         self.comm = SingleProcess() if comm is None else comm
-        if self.batch_size < self.comm.size or len(x_train) < self.comm.size:
-            raise ValueError(f"{name}: batch_size and the number of samples must be at least the "
-                             f"{self.comm.size} ranks, received batch_size {self.batch_size} and "
-                             f"{len(x_train)} samples")
         self.seed, self.verbose = check_seed(name, seed), verbose and self.comm.rank == 0
         self.x_train, self.t_train = self._to_device("x_train", x_train, "t_train", t_train)
+        if self.batch_size < self.comm.size or len(self.x_train) < self.comm.size:
+            raise ValueError(f"{name}: batch_size and the number of samples must be at least the "
+                             f"{self.comm.size} ranks, received batch_size {self.batch_size} and "
+                             f"{len(self.x_train)} samples")
         if x_test is None:
             self.x_test = self.t_test = None
         else:
@@ -97,14 +97,23 @@ class Trainer:
             if self.seed is None:  # unseeded: rank 0's random permutations, on every rank
                 self.seed = root_draw
         self.parallel = DataParallel(self.comm, net)  # rank 0's weights everywhere, checked
+        #: the epochs' permutations: one stream over every call of fit, so two calls of
+        #: fit train as one call of twice the epochs would
+        self._rng = numpy.random.default_rng(self.seed)
 
     def _to_device(self, x_name, x, t_name, t):
         """Inputs in the net's dtype, class indices as integers, one-hot rows in the net's dtype."""
-        be = self.net.backend
-        x = be.asarray(x, dtype=self.net.dtype)
-        t = be.asarray(t)
+        be, name = self.net.backend, type(self).__name__
+        x, t = be.asarray(x), be.asarray(t)
+        if x.dtype.kind not in "fiub":  # a cast would drop imaginary parts without a word
+            raise ValueError(f"{name}: {x_name} must hold real numbers, received dtype {x.dtype}")
+        for array_name, array in ((x_name, x), (t_name, t)):
+            if array.ndim == 0:
+                raise ValueError(f"{name}: {array_name} must be an array with one row per sample, "
+                                 f"received a scalar")
+        x = x.astype(self.net.dtype, copy=False)
         if t.ndim == 1 and t.dtype.kind not in "iu":
-            raise ValueError(f"{type(self).__name__}: {t_name} must hold integer class indices "
+            raise ValueError(f"{name}: {t_name} must hold integer class indices "
                              f"(or one-hot rows), received dtype {t.dtype}")
         t = t.astype(numpy.int64 if t.ndim == 1 else self.net.dtype, copy=False)
         if len(x) != len(t):
@@ -132,15 +141,16 @@ class Trainer:
         """Train for ``epochs`` epochs; returns ``history``."""
         n = len(self.x_train)
         batches = self._batches(n)
-        rng = numpy.random.default_rng(self.seed)
+        rng, done = self._rng, len(self.history["loss"])  # epochs of earlier calls
+        last = done + self.epochs
         bar = _progress_bar(self.epochs * len(batches), self.verbose)
         be, parallel = self.net.backend, self.parallel
         check_each_step = not be.gpu  # on a GPU the check would wait for the device
         self.net.gradient_hook = parallel.gradient_hook
         try:
-            for epoch in range(1, self.epochs + 1):
+            for epoch in range(done + 1, last + 1):
                 if bar is not None:
-                    bar.set_description(f"epoch {epoch}/{self.epochs}")
+                    bar.set_description(f"epoch {epoch}/{last}")
                 order = be.asarray(rng.permutation(n))
                 start = time.perf_counter()
                 total, losses = 0.0, []
@@ -164,9 +174,16 @@ class Trainer:
                     raise self._diverged(epoch, first + 1, len(batches), values[first])
                 self._check_params(epoch)
                 parallel.average_buffers()
-                self.history["epoch_time"].append(time.perf_counter() - start)
-                self.history["loss"].append(parallel.total(local) / n)
-                self._evaluate()
+                seconds = time.perf_counter() - start
+                loss = parallel.total(local) / n
+                train_acc, test_acc = self._evaluate()
+                # appended together: an error or Ctrl-C in the evaluation leaves every list
+                # of history one entry per finished epoch
+                self.history["epoch_time"].append(seconds)
+                self.history["loss"].append(loss)
+                self.history["train_acc"].append(train_acc)
+                if test_acc is not None:
+                    self.history["test_acc"].append(test_acc)
                 if bar is not None:
                     bar.set_postfix(self.summary(), refresh=False)
         finally:
@@ -192,9 +209,11 @@ class Trainer:
             f"overflowed. The learning rate is {self.optimizer.lr:g}: lower it")
 
     def _evaluate(self):
-        self.history["train_acc"].append(self._accuracy(self.x_train, self.t_train))
-        if self.x_test is not None:
-            self.history["test_acc"].append(self._accuracy(self.x_test, self.t_test))
+        """``(train_acc, test_acc)`` of the net now; ``test_acc`` None without test data."""
+        train_acc = self._accuracy(self.x_train, self.t_train)
+        if self.x_test is None:
+            return train_acc, None
+        return train_acc, self._accuracy(self.x_test, self.t_test)
 
     def _accuracy(self, x, t):
         """Accuracy on the first ``eval_sample`` samples, each rank scoring its share."""

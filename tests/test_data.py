@@ -279,3 +279,34 @@ def test_interrupted_download_leaves_nothing_behind(tmp_path, monkeypatch):
     with pytest.raises(DatasetError, match="connection reset"):
         load_dataset("fashion-mnist", data_dir=tmp_path, download=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_download_cut_short_tries_the_next_mirror_and_names_the_failure(tmp_path, mirror,
+                                                                          monkeypatch):
+    import http.client
+
+    served, calls = mirror
+    def flaky(url, out):  # the first mirror closes the connection mid-body
+        calls.append(url)
+        if url.startswith(data.MIRRORS["mnist"][0]):
+            out.write(b"\x1f\x8b partial")
+            raise http.client.IncompleteRead(b"partial", 100)
+        out.write(served[url.rsplit("/", 1)[1]])
+
+    monkeypatch.setattr(data, "_fetch", flaky)
+    assert_matches(load_dataset("mnist", data_dir=tmp_path, download=True), fake_mnist())
+    assert not any(p.name.endswith(".part") for p in tmp_path.iterdir())
+
+    def cut(url, out):
+        raise http.client.IncompleteRead(b"", 100)
+
+    monkeypatch.setattr(data, "_fetch", cut)
+    with pytest.raises(DatasetError, match="IncompleteRead|more expected"):
+        load_dataset("fashion-mnist", data_dir=tmp_path / "f", download=True)
+
+
+def test_download_into_a_data_dir_that_is_a_file_is_a_dataset_error(tmp_path, mirror):
+    in_the_way = tmp_path / "mnist"
+    in_the_way.write_text("not a directory")
+    with pytest.raises(DatasetError, match="cannot create the data directory"):
+        load_dataset("mnist", data_dir=in_the_way, download=True)

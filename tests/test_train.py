@@ -454,3 +454,44 @@ def test_labels_are_checked_once_up_front(backend):
     net = small_net(backend)
     with pytest.raises(ValueError, match=r"Trainer\(x_train, t_train\): labels must lie in \[0, 3\)"):
         Trainer(net, SGD(0.1), backend.asarray(x), backend.asarray(t), verbose=False)
+
+
+@pytest.mark.parametrize("bad, fragment", [
+    (lambda x: x.astype(complex), "x_train must hold real numbers"),
+    (lambda x: numpy.float64(3.0), "x_train must be an array"),
+])
+def test_trainer_refuses_complex_or_scalar_x(digits, bad, fragment):
+    (x, t), _ = digits
+    with pytest.raises(ValueError, match=fragment):
+        Trainer(MultiLayerNet(64, [20], 10, seed=0), SGD(0.1), bad(x), t, verbose=False)
+
+
+def test_a_second_fit_trains_on_like_one_longer_fit(digits):
+    (x, t), (xt, tt) = digits
+    whole_net = MultiLayerNet(64, [20], 10, seed=0)
+    whole = Trainer(whole_net, SGD(0.1), x, t, xt, tt, epochs=4, seed=0, verbose=False).fit()
+    net = MultiLayerNet(64, [20], 10, seed=0)
+    trainer = Trainer(net, SGD(0.1), x, t, xt, tt, epochs=2, seed=0, verbose=False)
+    trainer.fit()
+    halves = trainer.fit()
+    assert halves["loss"] == whole["loss"] and halves["test_acc"] == whole["test_acc"]
+    assert numpy.array_equal(host(net.params.flat), host(whole_net.params.flat))
+
+
+def test_interrupted_evaluation_leaves_history_one_entry_per_finished_epoch(digits, monkeypatch):
+    (x, t), (xt, tt) = digits
+    net = MultiLayerNet(64, [20], 10, seed=0)
+    trainer = Trainer(net, SGD(0.1), x, t, xt, tt, epochs=3, verbose=False)
+    accuracy, calls = net.accuracy, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:  # epoch 2's test accuracy: Ctrl-C
+            raise KeyboardInterrupt
+        return accuracy(*args, **kwargs)
+
+    monkeypatch.setattr(net, "accuracy", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert {key: len(values) for key, values in trainer.history.items()} == {
+        "loss": 1, "train_acc": 1, "test_acc": 1, "epoch_time": 1}

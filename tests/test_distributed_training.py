@@ -212,7 +212,8 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_before_its_update(tmp_pa
 def test_fastbp_train_distributed_never_leaves_ranks_waiting_after_an_error_on_one(tmp_path,
                                                                                   missing_on):
     """Without ``python -m mpi4py``: an error that main turns into exit status 2 on one rank
-    must end every rank; only rank 0 writes, so only its --save directory has to exist."""
+    must end every rank, and rank 0 names it; only rank 0 writes, so only its --save
+    directory has to exist."""
     wdirs = [tmp_path / "rank0", tmp_path / "rank1"]
     for r, wdir in enumerate(wdirs):
         (wdir / "out").mkdir(parents=True) if r != missing_on else wdir.mkdir()
@@ -221,7 +222,9 @@ def test_fastbp_train_distributed_never_leaves_ranks_waiting_after_an_error_on_o
     result = mpiexec(2, args, timeout=60, wdirs=wdirs)
     if missing_on == 0:
         assert result.returncode != 0, result.stdout + result.stderr
-        assert "fastbp train: error (rank 0): --save out/net.npz: directory" in result.stderr
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "fastbp train: error: rank 0: --save out/net.npz: directory" in result.stderr, (
+            result.stdout + result.stderr)
     else:
         assert result.returncode == 0, result.stdout + result.stderr
         assert (wdirs[0] / "out" / "net.npz").exists()

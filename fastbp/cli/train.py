@@ -94,42 +94,15 @@ def _check_output_path(flag, path):
 
 
 def cmd_train(args):
-    optimizer = _optimizer(args.optimizer, args.lr)
-    comm = _communicator(args.distributed)
-    try:
-        return _train(args, optimizer, comm)
-    except (ValueError, ImportError, NotImplementedError) as exc:
-        if comm.size == 1:
-            raise  # main prints it: one line, exit status 2
-        # main would return 2 from this rank only, past the abort hook: the others would wait
-        print(f"fastbp train: error (rank {comm.rank}): {exc}", file=sys.stderr, flush=True)
-        comm.abort(2)
-
-
-def _train(args, optimizer, comm):
-    from fastbp.data import load_dataset
-    from fastbp.nets import MultiLayerNet
     from fastbp.train import Trainer, save_params
 
+    optimizer = _optimizer(args.optimizer, args.lr)
+    comm = _communicator(args.distributed)
     if comm.rank != 0:
         args.quiet = True
-    if comm.rank == 0:  # rank 0 alone writes
-        for flag, path in (("--save", args.save), ("--plot", args.plot)):
-            if path is not None:
-                _check_output_path(flag, path)
-        if args.plot is not None:
-            _check_plot_format(args.plot)
-    (x_train, t_train), (x_test, t_test) = load_dataset(
-        args.dataset, data_dir=args.data_dir, download=args.download)
-    n_classes = int(max(t_train.max(), t_test.max())) + 1
-    net = MultiLayerNet(x_train.shape[1], args.hidden, n_classes, activation=args.activation,
-                        weight_init_std=_INIT_FOR_ACTIVATION[args.activation],
-                        weight_decay_lambda=args.weight_decay, seed=args.seed,
-                        use_dropout=args.dropout is not None,
-                        dropout_ratio=0.5 if args.dropout is None else args.dropout,
-                        use_batchnorm=args.batchnorm, backend=args.backend, dtype=args.dtype)
+    (x_train, t_train), (x_test, t_test), net = _start(args, comm)
     if not args.quiet:
-        sizes = "-".join(map(str, [x_train.shape[1], *args.hidden, n_classes]))
+        sizes = "-".join(map(str, [x_train.shape[1], *args.hidden, net.output_size]))
         print(f"training a {sizes} {args.activation} net on {args.dataset} ({len(x_train)} train, "
               f"{len(x_test)} test), backend {net.backend.name}, {net.dtype}, {args.optimizer} "
               f"lr {optimizer.lr:g}, batch {args.batch_size}, {args.epochs} epochs", flush=True)
@@ -160,6 +133,51 @@ def _train(args, optimizer, comm):
     print(f"train acc {history['train_acc'][-1]:.4f}  test acc {history['test_acc'][-1]:.4f}  "
           f"{seconds:.3g} s/epoch")
     return 0
+
+
+def _start(args, comm):
+    """The checks, the data and the net; ``((x, t) train, (x, t) test, net)``.
+
+    With several ranks every rank reports how its start went, in one allgather
+    before any other collective: a rank that stopped alone would leave the
+    others waiting in the first one.  On a failure rank 0 names each failing
+    rank in its error, and the others end with the same exit status, silently.
+    """
+    try:
+        started, problem = _start_here(args, comm), None
+    except (ValueError, ImportError, NotImplementedError) as exc:
+        if comm.size == 1:
+            raise  # main prints it: one line, exit status 2
+        started, problem = None, str(exc)
+    if comm.size > 1:
+        failed = [(rank, p) for rank, p in enumerate(comm.allgather(problem)) if p is not None]
+        if failed and comm.rank == 0:
+            raise ValueError("; ".join(f"rank {rank}: {p}" for rank, p in failed))
+        if failed:
+            raise SystemExit(2)
+    return started
+
+
+def _start_here(args, comm):
+    from fastbp.data import load_dataset
+    from fastbp.nets import MultiLayerNet
+
+    if comm.rank == 0:  # rank 0 alone writes
+        for flag, path in (("--save", args.save), ("--plot", args.plot)):
+            if path is not None:
+                _check_output_path(flag, path)
+        if args.plot is not None:
+            _check_plot_format(args.plot)
+    (x_train, t_train), (x_test, t_test) = load_dataset(
+        args.dataset, data_dir=args.data_dir, download=args.download)
+    n_classes = int(max(t_train.max(), t_test.max())) + 1
+    net = MultiLayerNet(x_train.shape[1], args.hidden, n_classes, activation=args.activation,
+                        weight_init_std=_INIT_FOR_ACTIVATION[args.activation],
+                        weight_decay_lambda=args.weight_decay, seed=args.seed,
+                        use_dropout=args.dropout is not None,
+                        dropout_ratio=0.5 if args.dropout is None else args.dropout,
+                        use_batchnorm=args.batchnorm, backend=args.backend, dtype=args.dtype)
+    return (x_train, t_train), (x_test, t_test), net
 
 
 def _check_plot_format(path):

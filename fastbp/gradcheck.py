@@ -48,11 +48,13 @@ def numerical_gradient(f, x, h=1e-4):
     grad = flat.copy()
     for i in range(flat.size):
         original = flat[i].copy()
-        flat[i] = original + h
-        f_plus = float(f(x))
-        flat[i] = original - h
-        f_minus = float(f(x))
-        flat[i] = original
+        try:
+            flat[i] = original + h
+            f_plus = float(f(x))
+            flat[i] = original - h
+            f_minus = float(f(x))
+        finally:  # an error or Ctrl-C in f leaves x as it was
+            flat[i] = original
         grad[i] = (f_plus - f_minus) / (2 * h)
     return grad.reshape(x.shape)
 

@@ -19,6 +19,12 @@ def _forward_first(layer, cached):
     return cached
 
 
+def _dout_array(layer, dout, like):
+    """``dout`` as an array; a Python number or list takes the dtype of ``like`` (what forward
+    cached), so every backend takes the same inputs and float32 stays float32."""
+    return dout if hasattr(dout, "shape") else layer.backend.asarray(dout, dtype=like.dtype)
+
+
 class MulLayer:
     """``out = x * y`` (scalars or arrays alike)."""
 
@@ -53,7 +59,8 @@ class ReLU:
         return out
 
     def backward(self, dout):
-        return self.backend.relu_backward(dout, _forward_first(self, self.mask))
+        mask = _forward_first(self, self.mask)
+        return self.backend.relu_backward(_dout_array(self, dout, mask), mask)
 
 
 class Sigmoid:
@@ -68,7 +75,8 @@ class Sigmoid:
         return self.out
 
     def backward(self, dout):
-        return self.backend.sigmoid_backward(dout, _forward_first(self, self.out))
+        out = _forward_first(self, self.out)
+        return self.backend.sigmoid_backward(_dout_array(self, dout, out), out)
 
 
 class Affine:
@@ -104,6 +112,7 @@ class Affine:
 
     def backward(self, dout):
         x = _forward_first(self, self.x)
+        dout = _dout_array(self, dout, x)
         if dout.shape != (x.shape[0], self.W.shape[1]):
             raise ValueError(f"Affine.backward: expected dout of shape {(x.shape[0], self.W.shape[1])}"
                              f" (the last forward's output), received {tuple(dout.shape)}")
@@ -254,6 +263,7 @@ class BatchNorm:
 
     def backward(self, dout):
         xn = _forward_first(self, self.xn)
+        dout = _dout_array(self, dout, xn)
         dx, self.dgamma, self.dbeta = self.backend.batchnorm_backward(
             dout.reshape(xn.shape), xn, self.inv_std, self.gamma, self.train_flg)
         return dx.reshape(self.input_shape)

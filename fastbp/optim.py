@@ -203,6 +203,13 @@ class Optimizer:
             raise ValueError(f"{name}: params and grads must have the same keys, received "
                              f"params {sorted(params)} and grads {sorted(grads)}")
         for key, param in params.items():
+            if getattr(param, "dtype", None) is None or param.dtype.kind != "f":
+                raise ValueError(f"{name}: params[{key!r}] must be a floating-point array (it is "
+                                 f"updated in place), received "
+                                 f"{getattr(param, 'dtype', type(param).__name__)}")
+            if getattr(grads[key], "dtype", None) is None or grads[key].dtype.kind not in "fiub":
+                raise ValueError(f"{name}: grads[{key!r}] must be an array of real numbers, "
+                                 f"received {getattr(grads[key], 'dtype', type(grads[key]).__name__)}")
             if grads[key].shape != param.shape:
                 raise ValueError(f"{name}: grads[{key!r}] must have shape {tuple(param.shape)}, "
                                  f"received {tuple(grads[key].shape)}")

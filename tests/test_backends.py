@@ -139,3 +139,17 @@ def test_all_finite_finds_every_nan_and_inf(backend, dtype, layout):
             assert backend.all_finite(backend.asarray(shaped(poisoned))) == expected
     huge = numpy.full((5, 3), numpy.finfo(dtype).max, dtype=dtype)
     assert backend.all_finite(backend.asarray(huge))  # finite, however large
+
+
+@pytest.mark.parametrize("bad", [123, 1.5, object()])
+def test_a_backend_argument_that_is_neither_a_name_nor_a_backend_is_refused(bad):
+    """``backend=`` takes a name or a backend object; anything else is the ValueError listing
+    the valid names, not an AttributeError later in the layer or net."""
+    from fastbp.layers import ReLU
+    from fastbp.nets import TwoLayerNet
+
+    for make in (lambda: fastbp.get_backend(bad), lambda: fastbp.to_device([1.0], backend=bad),
+                 lambda: ReLU(backend=bad), lambda: TwoLayerNet(2, 2, 2, backend=bad)):
+        with pytest.raises(ValueError, match="unknown backend .*expected one of"):
+            make()
+    assert fastbp.get_backend(fastbp.get_backend("numpy")).name == "numpy"  # objects still pass

@@ -40,3 +40,19 @@ def test_gradient_check_reports_a_wrong_gradient(backend, monkeypatch, key):
     errors = gradient_check(net, x, t)
     assert errors[key] == pytest.approx(0.5, rel=1e-4)
     assert max(e for k, e in errors.items() if k != key) < 1e-6
+
+
+def test_numerical_gradient_restores_x_when_f_raises(backend):
+    """An error (or Ctrl-C) inside f must not leave an element perturbed by h."""
+    x = backend.asarray(numpy.ones(5))
+    calls = []
+
+    def f(w):
+        calls.append(1)
+        if len(calls) == 4:  # the second element's minus side
+            raise KeyboardInterrupt
+        return (w ** 2).sum()
+
+    with pytest.raises(KeyboardInterrupt):
+        numerical_gradient(f, x)
+    numpy.testing.assert_array_equal(host(x), numpy.ones(5))

@@ -429,3 +429,20 @@ def test_batchnorm_rejects_wrong_feature_count(backend):
     with pytest.raises(ValueError, match=r"BatchNorm.forward: expected inputs with 3 features, "
                                          r"received shape \(4, 5\)"):
         _batchnorm(backend, 3).forward(backend.asarray(numpy.ones((4, 5))))
+
+
+def test_backward_takes_python_numbers_and_lists_on_every_backend(backend, dtype):
+    """As forward does: a list or Python number dout works the same on every backend and keeps
+    the dtype of the forward pass (the numba backend raised AttributeError)."""
+    x = numpy.array([[0.5, -1.0, 2.0]], dtype=dtype)
+    for layer in (ReLU(backend), Sigmoid(backend)):
+        layer.forward(backend.asarray(x))
+        for dout in (1.0, [[1.0, 2.0, 3.0]]):
+            dx = layer.backward(dout)
+            assert dx.shape == x.shape and dx.dtype == numpy.dtype(dtype)
+    affine = Affine(backend.asarray(numpy.ones((3, 2), dtype)), backend.asarray(numpy.zeros(2, dtype)),
+                    backend)
+    affine.forward(backend.asarray(x))
+    dx = affine.backward([[1.0, 1.0]])
+    assert dx.shape == x.shape and dx.dtype == numpy.dtype(dtype)
+    numpy.testing.assert_allclose(host(dx), numpy.full((1, 3), 2.0))

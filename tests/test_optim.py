@@ -256,3 +256,19 @@ def test_clipped_update_leaves_the_callers_grads_alone(backend):
     numpy.testing.assert_array_equal(host(grads["W"]), numpy.full((2, 3), 2.0))
     step = numpy.concatenate([1 - host(params["W"]).ravel(), -host(params["b"])])
     assert numpy.linalg.norm(step) == pytest.approx(0.3, rel=1e-5)
+
+
+@pytest.mark.parametrize("cls", OPTIMIZERS, ids=ids)
+def test_integer_params_are_refused_before_anything_moves(backend, cls):
+    """An int parameter cannot be updated in place: refused with a ValueError naming it,
+    before the other keys are updated or any state or step count is made."""
+    opt = cls()
+    params = {"W": backend.asarray(numpy.ones(3)), "n": backend.asarray(numpy.ones(2, dtype=int))}
+    grads = {"W": backend.asarray(numpy.ones(3)), "n": backend.asarray(numpy.ones(2))}
+    with pytest.raises(ValueError, match=rf"{cls.__name__}.update: params\['n'\] must be a "
+                                         "floating-point array"):
+        opt.update(params, grads)
+    numpy.testing.assert_array_equal(host(params["W"]), numpy.ones(3))
+    assert opt.step == {}
+    for name in opt.state_names:
+        assert getattr(opt, name) == {}

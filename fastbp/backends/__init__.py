@@ -82,8 +82,12 @@ def _instantiate(name: str):
 def _resolve(choice):
     if choice is None:
         return _instantiate("numpy")
-    if not isinstance(choice, str):  # already a backend object
-        return choice
+    if not isinstance(choice, str):  # already a backend object, or not a backend at all
+        from fastbp.backends.numpy_backend import NumpyBackend  # every backend's base
+
+        if isinstance(choice, NumpyBackend):
+            return choice
+        _validate_name(choice)  # raises the ValueError listing the valid names
     return _instantiate(_validate_name(choice))
 
 

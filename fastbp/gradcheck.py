@@ -77,14 +77,18 @@ def gradient_check(net, x, t, h=1e-4) -> dict:
     return {key: rel_error(backprop[key], numerical[key], floor) for key in backprop}
 
 
-def directional_check(net, x, t, n_directions=3, h=1e-5, seed=0) -> list:
+def directional_check(net, x, t, n_directions=3, h=None, seed=0) -> list:
     """Relative errors of ``grad . v`` against ``(L(p + h v) - L(p - h v)) / 2h``.
 
     Each random unit direction ``v`` spans every parameter at once, so the check
     costs two forward passes per direction whatever the size of the net.
     Dropout masks stay fixed and BatchNorm statistics are restored, as in
-    ``net.numerical_gradient``.
+    ``net.numerical_gradient``.  ``h`` defaults to 1e-5 in float64 and 5e-3
+    in float32 (about the cube root of the dtype's epsilon, where truncation
+    and rounding errors balance; 1e-5 in float32 is all rounding noise).
     """
+    if h is None:
+        h = 1e-5 if numpy.dtype(net.dtype) == numpy.float64 else 5e-3
     with net.repeatable_training_passes():
         return _directional_errors(net, x, t, n_directions, h, seed)
 

@@ -68,3 +68,40 @@ def test_bad_arguments_give_one_line(argv, fragment):
     assert result.returncode == 2
     assert fragment in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("flag, where", [("--json", "folder"), ("--json", "under-file"),
+                                         ("--plot", "under-file")])
+def test_bench_refuses_unwritable_outputs_before_measuring(tmp_path, monkeypatch, capsys,
+                                                           flag, where):
+    import fastbp.benchmarks.kernels
+
+    monkeypatch.setattr(fastbp.benchmarks.kernels, "run",
+                        lambda settings: pytest.fail("measured before refusing the output"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    target = tmp_path if where == "folder" else blocker / "out.json"
+    assert main(["bench", "--suite", "kernels", "--quick", "--backend", "numpy",
+                 flag, str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastbp bench: error: " + flag) and len(err.splitlines()) == 1
+
+
+def test_bench_plot_without_matplotlib_is_refused_before_measuring(tmp_path, monkeypatch,
+                                                                  capsys):
+    import fastbp.benchmarks.kernels
+
+    monkeypatch.setattr(fastbp.benchmarks.kernels, "run",
+                        lambda settings: pytest.fail("measured before refusing --plot"))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    assert main(["bench", "--suite", "kernels", "--quick", "--backend", "numpy",
+                 "--plot", str(tmp_path / "plots")]) == 2
+    assert "--plot needs matplotlib" in capsys.readouterr().err
+    assert not (tmp_path / "plots").exists()
+
+
+def test_out_of_memory_is_one_line(capsys):
+    assert main(["gradcheck", "--batch", str(10 ** 12)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastbp gradcheck: error: out of memory") and len(err.splitlines()) == 1

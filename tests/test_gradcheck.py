@@ -56,3 +56,16 @@ def test_numerical_gradient_restores_x_when_f_raises(backend):
     with pytest.raises(KeyboardInterrupt):
         numerical_gradient(f, x)
     numpy.testing.assert_array_equal(host(x), numpy.ones(5))
+
+
+def test_directional_check_in_float32_is_not_rounding_noise():
+    import numpy as np
+
+    from fastbp.gradcheck import directional_check
+    from fastbp.nets import MultiLayerNet
+
+    net = MultiLayerNet(20, [10], 5, activation="sigmoid", weight_init_std=1.0, seed=0,
+                        dtype="float32")
+    rng = np.random.default_rng(1)
+    x, t = rng.standard_normal((8, 20)), rng.integers(0, 5, 8)
+    assert max(directional_check(net, x, t)) < 1e-2

@@ -72,6 +72,29 @@ def _gpus() -> list:
     return found
 
 
+def _check_folder(flag, folder):
+    """Refuse, before any measuring, a ``folder`` that could not be created or written into."""
+    probe = os.path.abspath(folder)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag}: cannot write into {folder} ({probe} is not a writable folder)")
+
+
+def _check_outputs(args):
+    """``--json`` and ``--plot`` are refused up front, not after minutes of measuring."""
+    if args.json:
+        if os.path.isdir(args.json):
+            raise ValueError(f"--json {args.json} is a folder: give a file path")
+        _check_folder("--json", os.path.dirname(os.path.abspath(args.json)))
+    if args.plot:
+        _check_folder("--plot", args.plot)
+        try:
+            import matplotlib.figure  # noqa: F401
+        except ImportError:
+            raise ImportError('--plot needs matplotlib: pip install "fastbp[bench]"') from None
+
+
 def run(args) -> int:
     from fastbp.backends import available_backends, get_backend
 
@@ -92,6 +115,7 @@ def run(args) -> int:
     backends = list(dict.fromkeys(args.backend or available_backends()))
     for name in backends:
         get_backend(name)  # an unavailable one ends the run here, with its install hint
+    _check_outputs(args)
     settings = Settings(backends=backends, dtypes=list(dict.fromkeys(args.dtype or DTYPES)),
                         quick=args.quick)
     suites = list(SUITES) if args.suite == "all" else [args.suite]

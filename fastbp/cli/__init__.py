@@ -50,3 +50,6 @@ def main(argv=None):
     except (ValueError, ImportError, NotImplementedError) as exc:
         print(f"fastbp {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except MemoryError as exc:  # a net or batch larger than this machine, named in one line
+        print(f"fastbp {args.command}: error: out of memory: {exc}", file=sys.stderr)
+        return 2

@@ -57,6 +57,13 @@ def check_seed(owner, seed):
     return seed
 
 
+def check_real(where, what, array):
+    """Refuse an array that does not hold real numbers: a cast to a float dtype would drop
+    imaginary parts with only a warning, or fail deep inside NumPy."""
+    if array.dtype.kind not in "fiub":
+        raise ValueError(f"{where}: expected real numbers in {what}, received dtype {array.dtype}")
+
+
 def check_choice(owner, argument, value, choices):
     """Refuse a ``value`` that is not one of ``choices`` (a sequence or the keys of a mapping)."""
     if value not in choices:

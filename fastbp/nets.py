@@ -21,7 +21,7 @@ import operator
 import numpy
 
 from fastbp.backends import get_backend
-from fastbp.checks import check_choice, check_number, check_seed, check_targets, float_dtype
+from fastbp.checks import check_choice, check_number, check_real, check_seed, check_targets, float_dtype
 from fastbp.flat import FlatArrays
 from fastbp.gradcheck import numerical_gradient
 from fastbp.layers import Affine, BatchNorm, Dropout, ReLU, Sigmoid, SoftmaxWithLoss
@@ -253,8 +253,7 @@ class MultiLayerNet:
         if x.ndim != 2:
             x = x.reshape(x.shape[0], self.input_size)
         if x.dtype != self.dtype:
-            if x.dtype.kind not in "fiub":
-                raise ValueError(f"{where}: expected real numbers in x, received dtype {x.dtype}")
+            check_real(where, "x", x)
             x = x.astype(self.dtype)
         if t is _NO_TARGETS:
             return x, None

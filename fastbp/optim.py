@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fastbp.backends import get_backend
-from fastbp.checks import check_number
+from fastbp.checks import check_number, check_real
 
 __all__ = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "clip_by_global_norm"]
 
@@ -207,9 +207,7 @@ class Optimizer:
                 raise ValueError(f"{name}: params[{key!r}] must be a floating-point array (it is "
                                  f"updated in place), received "
                                  f"{getattr(param, 'dtype', type(param).__name__)}")
-            if getattr(grads[key], "dtype", None) is None or grads[key].dtype.kind not in "fiub":
-                raise ValueError(f"{name}: grads[{key!r}] must be an array of real numbers, "
-                                 f"received {getattr(grads[key], 'dtype', type(grads[key]).__name__)}")
+            check_real(name, f"grads[{key!r}]", grads[key])
             if grads[key].shape != param.shape:
                 raise ValueError(f"{name}: grads[{key!r}] must have shape {tuple(param.shape)}, "
                                  f"received {tuple(grads[key].shape)}")

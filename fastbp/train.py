@@ -20,7 +20,7 @@ import numpy
 
 from fastbp.atomic import replacing
 from fastbp.backends import to_numpy
-from fastbp.checks import check_count, check_seed
+from fastbp.checks import check_count, check_real, check_seed
 from fastbp.distributed import DataParallel, SingleProcess, check_same_run
 from fastbp.nets import NonFiniteLossError
 
@@ -105,8 +105,7 @@ class Trainer:
         """Inputs in the net's dtype, class indices as integers, one-hot rows in the net's dtype."""
         be, name = self.net.backend, type(self).__name__
         x, t = be.asarray(x), be.asarray(t)
-        if x.dtype.kind not in "fiub":  # a cast would drop imaginary parts without a word
-            raise ValueError(f"{name}: {x_name} must hold real numbers, received dtype {x.dtype}")
+        check_real(name, x_name, x)
         for array_name, array in ((x_name, x), (t_name, t)):
             if array.ndim == 0:
                 raise ValueError(f"{name}: {array_name} must be an array with one row per sample, "

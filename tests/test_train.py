@@ -457,7 +457,7 @@ def test_labels_are_checked_once_up_front(backend):
 
 
 @pytest.mark.parametrize("bad, fragment", [
-    (lambda x: x.astype(complex), "x_train must hold real numbers"),
+    (lambda x: x.astype(complex), "expected real numbers in x_train"),
     (lambda x: numpy.float64(3.0), "x_train must be an array"),
 ])
 def test_trainer_refuses_complex_or_scalar_x(digits, bad, fragment):

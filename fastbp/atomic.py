@@ -20,9 +20,10 @@ def replacing(path, suffix=".tmp"):
     file is removed and ``path`` is left as it was.  The new file gets the
     permissions of the one it replaces, or those a plain ``open`` would give
     (the umask's), and a path that cannot be written is refused by its name
-    before anything is written.
+    before anything is written.  A symbolic link stays a link: its target is
+    what gets replaced, as a plain ``open(path, "wb")`` would write through it.
     """
-    path = Path(path)
+    path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, "is a directory, not a file to write", str(path))
     if not path.parent.is_dir():
@@ -37,6 +38,7 @@ def replacing(path, suffix=".tmp"):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _sync_directory(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -49,3 +51,13 @@ def _create_beside(path, suffix, mode):
         tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}")
         with contextlib.suppress(FileExistsError):
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), tmp
+
+
+def _sync_directory(directory):
+    """Flush the rename itself to disk: until the directory is synced, a power cut can bring
+    back the old entry (or none) after ``os.replace`` has returned."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -414,6 +414,29 @@ def test_a_replacement_is_never_readable_by_more_than_the_file_it_replaces(tmp_p
     assert private.read_bytes() == b"new" and stat.S_IMODE(private.stat().st_mode) == 0o600
 
 
+def test_a_checkpoint_saved_through_a_symlink_replaces_its_target_and_keeps_the_link(tmp_path):
+    target, link = tmp_path / "runs" / "best.npz", tmp_path / "latest.npz"
+    target.parent.mkdir()
+    target.write_bytes(b"old")
+    link.symlink_to(target)
+    net = small_net("numpy", seed=3)
+    save_params(net, link)
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    restored = small_net("numpy", seed=4)
+    load_params(restored, target)
+    numpy.testing.assert_array_equal(restored.params["W1"], net.params["W1"])
+    assert sorted(os.listdir(target.parent)) == ["best.npz"]
+
+
+def test_the_rename_is_synced_to_disk_with_its_directory(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_mode), real_fsync(fd)))
+    with replacing(tmp_path / "a.bin") as (f, _):
+        f.write(b"new")
+    assert [stat.S_ISREG(synced[0]), stat.S_ISDIR(synced[-1])] == [True, True]
+
+
 def test_an_unwritable_checkpoint_path_is_named_and_nothing_is_written(tmp_path):
     net = small_net("numpy")
     with pytest.raises(IsADirectoryError, match=f"is a directory, not a file to write: '{tmp_path}'"):

@@ -98,6 +98,10 @@ def _check_outputs(args):
 def run(args) -> int:
     from fastbp.backends import available_backends, get_backend
 
+    backends = list(dict.fromkeys(args.backend or available_backends()))
+    for name in backends:
+        get_backend(name)  # an unavailable one ends the run here, with its install hint
+    _check_outputs(args)
     pins = {k: os.environ[k] for k in BLAS_PINS if k in os.environ}
     if pins and not args.keep_blas_env:
         shown = " ".join(f"{k}={v}" for k, v in pins.items())
@@ -112,10 +116,6 @@ def run(args) -> int:
     from fastbp.benchmarks.timing import OtherLoad
     from fastbp.sysinfo import machine_info
 
-    backends = list(dict.fromkeys(args.backend or available_backends()))
-    for name in backends:
-        get_backend(name)  # an unavailable one ends the run here, with its install hint
-    _check_outputs(args)
     settings = Settings(backends=backends, dtypes=list(dict.fromkeys(args.dtype or DTYPES)),
                         quick=args.quick)
     suites = list(SUITES) if args.suite == "all" else [args.suite]

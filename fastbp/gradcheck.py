@@ -59,7 +59,7 @@ def numerical_gradient(f, x, h=1e-4):
     return grad.reshape(x.shape)
 
 
-def gradient_check(net, x, t, h=1e-4) -> dict:
+def gradient_check(net, x, t, h=1e-4, numerical_net=None) -> dict:
     """``{key: rel_error(backprop, numerical)}`` for every parameter of ``net``.
 
     Each array is measured against its own norm, but never against less than
@@ -68,16 +68,22 @@ def gradient_check(net, x, t, h=1e-4) -> dict:
     central differences as theirs (1e-12), and an error relative to noise
     alone would be anything up to 100%.  Dropout masks are fixed, and the
     BatchNorm running statistics are as they were afterwards.
+
+    ``numerical_net``, a net of the same architecture at the same weights, is
+    differentiated instead of ``net``: a float64 copy checks a float32 net's
+    backprop against the float64 truth (float32's own central differences are
+    wrong by 1e-3 to 1e-2, more than any error they could find).
     """
     with net.repeatable_training_passes():
         backprop = net.gradient(x, t)
-        numerical = net.numerical_gradient(x, t, h)
+    with (numerical_net or net).repeatable_training_passes():
+        numerical = (numerical_net or net).numerical_gradient(x, t, h)
     floor = 1e-4 * math.sqrt(sum(float(numpy.linalg.norm(to_numpy(g))) ** 2
                                  for g in backprop.values()))
     return {key: rel_error(backprop[key], numerical[key], floor) for key in backprop}
 
 
-def directional_check(net, x, t, n_directions=3, h=None, seed=0) -> list:
+def directional_check(net, x, t, n_directions=3, h=None, seed=0, numerical_net=None) -> list:
     """Relative errors of ``grad . v`` against ``(L(p + h v) - L(p - h v)) / 2h``.
 
     Each random unit direction ``v`` spans every parameter at once, so the check
@@ -86,22 +92,27 @@ def directional_check(net, x, t, n_directions=3, h=None, seed=0) -> list:
     ``net.numerical_gradient``.  ``h`` defaults to 1e-5 in float64 and 5e-3
     in float32 (about the cube root of the dtype's epsilon, where truncation
     and rounding errors balance; 1e-5 in float32 is all rounding noise).
+    ``numerical_net`` takes the differences instead of ``net``, as in
+    ``gradient_check``.
     """
+    shifted = numerical_net or net
     if h is None:
-        h = 1e-5 if numpy.dtype(net.dtype) == numpy.float64 else 5e-3
+        h = 1e-5 if numpy.dtype(shifted.dtype) == numpy.float64 else 5e-3
     with net.repeatable_training_passes():
-        return _directional_errors(net, x, t, n_directions, h, seed)
+        grads = {k: to_numpy(g).astype(numpy.float64) for k, g in net.gradient(x, t).items()}
+    with shifted.repeatable_training_passes():
+        return _directional_errors(shifted, x, t, grads, n_directions, h, seed)
 
 
-def _directional_errors(net, x, t, n_directions, h, seed):
-    grads = net.gradient(x, t)
+def _directional_errors(net, x, t, grads, n_directions, h, seed):
     rng = numpy.random.default_rng(seed)
     errors = []
     for _ in range(n_directions):
         v = {k: rng.standard_normal(p.shape) for k, p in net.params.items()}
         norm = math.sqrt(sum(float((d ** 2).sum()) for d in v.values()))
-        v = {k: net.backend.asarray(d / norm, dtype=net.params[k].dtype) for k, d in v.items()}
+        v = {k: d / norm for k, d in v.items()}
         analytic = sum(float((grads[k] * v[k]).sum()) for k in v)
+        v = {k: net.backend.asarray(d, dtype=net.params[k].dtype) for k, d in v.items()}
         numeric = (_shifted_loss(net, x, t, v, h) - _shifted_loss(net, x, t, v, -h)) / (2 * h)
         scale = max(abs(analytic), abs(numeric))
         errors.append(0.0 if scale == 0 else abs(analytic - numeric) / scale)

@@ -36,6 +36,22 @@ def test_gradcheck_fails_when_only_the_directional_check_does(monkeypatch, capsy
     assert "FAIL: worst 1.000e+00" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("name", BACKENDS)
+def test_gradcheck_in_float32_passes_against_a_float64_copy(name, capsys):
+    assert main(["gradcheck", "--backend", name, "--dtype", "float32"]) == 0
+    out = capsys.readouterr().out
+    assert "float32" in out and "of a float64 copy" in out and "(tolerance 0.0001)" in out
+
+
+def test_gradcheck_in_float32_fails_on_a_wrong_backward(monkeypatch, capsys):
+    from fastbp.backends import get_backend
+
+    monkeypatch.setattr(get_backend("numpy"), "activation_backward_bias",  # ignores the ReLU mask
+                        lambda d, a, activation: (d, d.sum(axis=0)))
+    assert main(["gradcheck", "--backend", "numpy", "--dtype", "float32"]) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
 def test_gradcheck_deeper_sigmoid_net(capsys):
     assert main(["gradcheck", "--hidden", "6", "5", "--activation", "sigmoid"]) == 0
     assert "W3" in capsys.readouterr().out

@@ -69,3 +69,39 @@ def test_directional_check_in_float32_is_not_rounding_noise():
     rng = np.random.default_rng(1)
     x, t = rng.standard_normal((8, 20)), rng.integers(0, 5, 8)
     assert max(directional_check(net, x, t)) < 1e-2
+
+
+def _float32_and_its_float64_copy(backend, activation="relu"):
+    net = MultiLayerNet(20, [10, 10], 5, activation=activation, weight_init_std=1.0, seed=0,
+                        backend=backend, dtype="float32")
+    copy = MultiLayerNet(20, [10, 10], 5, activation=activation, weight_init_std=1.0, seed=5,
+                         backend=backend, dtype="float64")
+    for key, value in net.params.items():
+        copy.params[key] = value
+    rng = numpy.random.default_rng(1)
+    x = backend.asarray(rng.standard_normal((8, 20)), dtype="float32")
+    return net, copy, x, backend.asarray(rng.integers(0, 5, 8))
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid"])
+def test_a_float32_backprop_checks_against_a_float64_copy_to_float32_rounding(backend, activation):
+    """Its own central differences are off by 1e-3 or more; the float64 copy's are not."""
+    from fastbp.gradcheck import directional_check
+
+    net, copy, x, t = _float32_and_its_float64_copy(backend, activation)
+    assert max(gradient_check(net, x, t).values()) > 1e-4  # why the copy is needed
+    assert max(gradient_check(net, x, t, numerical_net=copy).values()) < 1e-5
+    assert max(directional_check(net, x, t, numerical_net=copy)) < 1e-5
+    assert net.params["W1"].dtype == numpy.float32 and copy.params["W1"].dtype == numpy.float64
+
+
+def test_the_float64_copy_still_finds_a_wrong_float32_gradient(backend, monkeypatch):
+    from fastbp.gradcheck import directional_check
+
+    net, copy, x, t = _float32_and_its_float64_copy(backend)
+    backprop = net.gradient
+    monkeypatch.setattr(net, "gradient", lambda *args: {k: g * 1.001 if k == "W2" else g
+                                                        for k, g in backprop(*args).items()})
+    errors = gradient_check(net, x, t, numerical_net=copy)
+    assert 5e-4 < errors["W2"] < 2e-3 and errors["W1"] < 1e-5
+    assert max(directional_check(net, x, t, numerical_net=copy)) > 1e-4

@@ -21,14 +21,22 @@ _BLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "O
 
 
 def cpu_info() -> dict:
-    """CPU model, core count and the widest SIMD level it offers."""
+    """CPU model, core count and the widest SIMD level it offers.
+
+    ``family`` and ``model_number`` (x86, from /proc/cpuinfo) tell apart
+    generations that a virtual machine names alike ("AMD EPYC": family 25 is
+    Zen 3 and Zen 4, family 26 Zen 5); None where not known.
+    """
     model, flags = platform.processor() or platform.machine(), set()
+    numbers = {"cpu family": None, "model": None}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 key, _, value = line.partition(":")
                 if key.strip() == "model name":
                     model = value.strip()
+                elif key.strip() in numbers and value.strip().isdigit():
+                    numbers[key.strip()] = int(value)
                 elif key.strip() == "flags":
                     flags = set(value.split())
                     break
@@ -40,7 +48,8 @@ def cpu_info() -> dict:
         simd = "AVX2"
     else:
         simd = "unknown" if not flags else "SSE/other"
-    return {"model": model, "cores": os.cpu_count(), "simd": simd}
+    return {"model": model, "family": numbers["cpu family"], "model_number": numbers["model"],
+            "cores": os.cpu_count(), "simd": simd}
 
 
 def _openblas_simd(architecture) -> str | None:

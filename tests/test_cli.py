@@ -65,6 +65,22 @@ def test_info_lists_every_backend_and_blas(capsys):
     assert "blas:" in out and "cpu:" in out and "mpi:" in out
 
 
+def test_cpu_info_tells_apart_generations_a_vm_names_alike(monkeypatch):
+    import io
+
+    from fastbp import sysinfo
+
+    text = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n"
+            "model name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f\n")
+    monkeypatch.setattr(sysinfo, "open", lambda *args, **kwargs: io.StringIO(text), raising=False)
+    cpu = sysinfo.cpu_info()
+    assert (cpu["model"], cpu["family"], cpu["model_number"], cpu["simd"]) == \
+        ("AMD EPYC", 26, 2, "AVX-512")
+    monkeypatch.setattr(sysinfo, "open", lambda *args, **kwargs: io.StringIO("flags : sse2\n"),
+                        raising=False)
+    assert (sysinfo.cpu_info()["family"], sysinfo.cpu_info()["model_number"]) == (None, None)
+
+
 def test_info_json():
     out = subprocess.run([sys.executable, "-m", "fastbp", "info", "--json"], capture_output=True,
                          text=True, check=True).stdout

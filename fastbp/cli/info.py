@@ -29,7 +29,9 @@ def cmd_info(args):
     cpu = machine["cpu"]
     print(f"fastbp {__version__}  (python {machine['packages']['python']}, "
           f"numpy {machine['packages']['numpy']})")
-    print(f"cpu: {cpu['model']}, {cpu['cores']} cores, {cpu['simd']}")
+    generation = (f" (family {cpu['family']}, model {cpu['model_number']})"
+                  if cpu["family"] is not None else "")
+    print(f"cpu: {cpu['model']}{generation}, {cpu['cores']} cores, {cpu['simd']}")
     print("backends:")
     for name, entry in backends.items():
         if entry["available"]:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from collections.abc import MutableMapping
 
+import numpy
+
 
 class FlatArrays(MutableMapping):
     """``{name: array}`` over one 1-D buffer ``flat`` of ``backend``; ``owner`` names it in errors."""
@@ -54,6 +56,17 @@ class FlatArrays(MutableMapping):
         return self._arrays[key]
 
     def __setitem__(self, key, value):
+        self._arrays[key][...] = self._checked(key, value)
+
+    def update(self, other=(), **more):
+        """Assign several arrays, all checked before any is copied: a refused one changes none."""
+        values = dict(other, **more)
+        checked = {key: self._checked(key, value) for key, value in values.items()}
+        for key, value in checked.items():
+            self._arrays[key][...] = value
+
+    def _checked(self, key, value):
+        """``value`` for ``self[key]``, in the buffer's dtype on its device, or a ValueError."""
         if key not in self._arrays:
             raise ValueError(f"{self.owner}: no array {key!r} to assign to; the names are fixed "
                              f"by the architecture: {list(self._arrays)}")
@@ -65,7 +78,14 @@ class FlatArrays(MutableMapping):
         if value.shape != target.shape:
             raise ValueError(f"{self.owner}[{key!r}]: expected shape {tuple(target.shape)}, "
                              f"received {tuple(value.shape)}; nothing was changed")
-        target[...] = value  # cast to the buffer's dtype
+        xp = self.backend.xp
+        with numpy.errstate(over="ignore"):  # an overflow is named below, not warned about
+            cast = value.astype(target.dtype)
+        if bool((xp.isinf(cast) & ~xp.isinf(value)).any()):
+            raise ValueError(f"{self.owner}[{key!r}]: values beyond the range of "
+                             f"{target.dtype} (largest {float(xp.abs(value).max()):.3g}) would "
+                             f"become inf; nothing was changed")
+        return cast
 
     def __delitem__(self, key):
         raise ValueError(f"{self.owner}: {key!r} cannot be removed (the architecture fixes "

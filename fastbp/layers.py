@@ -200,10 +200,12 @@ class Dropout:
         self.rng = self.backend.rng(seed)
         self.mask = None  # the kept units, already scaled; backward multiplies by it
         self.fixed_mask = False
+        self.train_flg = True  # of the last forward: backward follows the same mode
 
     def forward(self, x, train_flg=True):
         x = self.backend.ensure_array(x, "Dropout.forward")
-        if not train_flg:  # the last training mask stays, for backward and fixed_mask
+        self.train_flg = train_flg
+        if not train_flg:  # the last training mask stays, for fixed_mask
             return x
         if not (self.fixed_mask and self.mask is not None and self.mask.shape == x.shape):
             keep = self.rng.random(x.shape) >= self.dropout_ratio
@@ -212,7 +214,8 @@ class Dropout:
         return x * self.mask
 
     def backward(self, dout):
-        return dout if self.mask is None else dout * self.mask
+        """Through the mask of a training forward; the identity after an inference one."""
+        return dout if self.mask is None or not self.train_flg else dout * self.mask
 
 
 class BatchNorm:
@@ -255,6 +258,10 @@ class BatchNorm:
         if x.shape[1] != self.gamma.shape[0]:
             raise ValueError(f"BatchNorm.forward: expected inputs with {self.gamma.shape[0]} "
                              f"features, received shape {tuple(self.input_shape)}")
+        if train_flg and x.shape[0] < 2:
+            raise ValueError(f"BatchNorm.forward: training needs a batch of at least 2 samples "
+                             f"(one sample's variance is 0, so it would normalise to 0 whatever "
+                             f"it is), received shape {tuple(self.input_shape)}")
         self.train_flg = train_flg
         out, self.xn, self.inv_std = self.backend.batchnorm_forward(
             x, self.gamma, self.beta, self.running_mean, self.running_var, self.momentum,

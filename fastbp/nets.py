@@ -127,10 +127,7 @@ class MultiLayerNet:
                                                 ">= 0", lambda v: v >= 0)
         self.dropout_ratio = check_number(name, "dropout_ratio", dropout_ratio, "in [0, 1)",
                                           lambda r: 0 <= r < 1)
-        self.batchnorm_momentum = check_number(name, "batchnorm_momentum", batchnorm_momentum,
-                                               "in [0, 1]", lambda m: 0 <= m <= 1)
-        self.batchnorm_eps = check_number(name, "batchnorm_eps", batchnorm_eps, "> 0",
-                                          lambda e: e > 0)
+        self.batchnorm_momentum, self.batchnorm_eps = batchnorm_momentum, batchnorm_eps
         self.use_dropout, self.use_batchnorm = bool(use_dropout), bool(use_batchnorm)
         self.backend = get_backend(backend)
         self.dtype = float_dtype(name, dtype)
@@ -230,8 +227,52 @@ class MultiLayerNet:
                 batchnorm.running_var = buffers[f"running_var{i}"]
         self._W = [p[f"W{i}"] for i in range(1, self.n_layers + 1)]
         self._b = [p[f"b{i}"] for i in range(1, self.n_layers + 1)]
-        self._batchnorm = ((buffers.flat, self.batchnorm_momentum, self.batchnorm_eps)
-                           if self.use_batchnorm else None)
+
+    @property
+    def batchnorm_momentum(self):
+        """The BatchNorm layers' ``momentum`` (setting it sets every layer's)."""
+        return self._batchnorm_setting("momentum")
+
+    @batchnorm_momentum.setter
+    def batchnorm_momentum(self, value):
+        self._set_batchnorm("momentum", value, "in [0, 1]", lambda m: 0 <= m <= 1)
+
+    @property
+    def batchnorm_eps(self):
+        """The BatchNorm layers' ``eps`` (setting it sets every layer's)."""
+        return self._batchnorm_setting("eps")
+
+    @batchnorm_eps.setter
+    def batchnorm_eps(self, value):
+        self._set_batchnorm("eps", value, "> 0", lambda e: e > 0)
+
+    def _batchnorm_setting(self, name):
+        """The layers' common value of ``name``: a layer's attribute is the textbook's to set,
+        and the net reads it from there (a ValueError when the layers were given different
+        ones, which one number cannot describe)."""
+        layers = [batchnorm for batchnorm, _ in getattr(self, "_hidden", ()) if batchnorm]
+        values = {getattr(layer, name) for layer in layers}
+        if len(values) > 1:
+            raise ValueError(f"{type(self).__name__}.batchnorm_{name}: the BatchNorm layers hold "
+                             f"different values {sorted(values)}; set net.batchnorm_{name} to "
+                             "give them one")
+        return values.pop() if values else self._batchnorm_defaults[name]
+
+    def _set_batchnorm(self, name, value, expected, ok):
+        value = check_number(type(self).__name__, f"batchnorm_{name}", value, expected, ok)
+        self.__dict__.setdefault("_batchnorm_defaults", {})[name] = value
+        for batchnorm, _ in getattr(self, "_hidden", ()):
+            if batchnorm is not None:
+                setattr(batchnorm, name, value)
+
+    def _batchnorm_step(self):
+        """What a backend's one-call step needs of the BatchNorm layers: ``(running
+        statistics, momentum, eps)``, read now, as the layers' own forward reads them; False
+        when the layers differ (the layered step then runs)."""
+        try:
+            return (self.buffers.flat, self.batchnorm_momentum, self.batchnorm_eps)
+        except ValueError:
+            return False
 
     def __setstate__(self, state):
         """A copy (``copy.deepcopy``, pickle) holds its layers' arrays as copies of their own;
@@ -376,13 +417,20 @@ class MultiLayerNet:
         params = self._params
         optimizer.check_fits(params, self)
         x, t = self._prepare(x, t, where="train_step", check_labels=check_labels)
-        whole = self._fusable and self.gradient_hook is None
+        batchnorm = None
+        if self.use_batchnorm:
+            if x.shape[0] < 2:
+                raise ValueError(f"{type(self).__name__}.train_step: a net with BatchNorm trains "
+                                 "on batches of at least 2 samples (one sample normalises to 0), "
+                                 f"received shape {tuple(x.shape)}")
+            batchnorm = self._batchnorm_step()
+        whole = self._fusable and self.gradient_hook is None and batchnorm is not False
         rule = optimizer.flat_rule(params, self.backend) if whole else None
         if rule is not None:
             loss = self.backend.whole_step(x, t, self._W, self._b, self._sizes, params.flat,
                                            self.grads.flat, self.activation,
                                            self.weight_decay_lambda, rule, check_finite,
-                                           self._batchnorm)
+                                           batchnorm)
             if loss is not None:  # the backend ran the whole step as one call, x checked
                 if check_finite and not math.isfinite(loss):  # and updated nothing
                     where = f"{type(self).__name__}.train_step"

@@ -207,6 +207,9 @@ class Optimizer:
                 raise ValueError(f"{name}: params[{key!r}] must be a floating-point array (it is "
                                  f"updated in place), received "
                                  f"{getattr(param, 'dtype', type(param).__name__)}")
+            if getattr(grads[key], "shape", None) is None or getattr(grads[key], "dtype", None) is None:
+                raise ValueError(f"{name}: grads[{key!r}] must be an array of shape "
+                                 f"{tuple(param.shape)}, received {type(grads[key]).__name__}")
             check_real(name, f"grads[{key!r}]", grads[key])
             if grads[key].shape != param.shape:
                 raise ValueError(f"{name}: grads[{key!r}] must have shape {tuple(param.shape)}, "

@@ -77,10 +77,14 @@ class Trainer:
         self.comm = SingleProcess() if comm is None else comm
         self.seed, self.verbose = check_seed(name, seed), verbose and self.comm.rank == 0
         self.x_train, self.t_train = self._to_device("x_train", x_train, "t_train", t_train)
-        if self.batch_size < self.comm.size or len(self.x_train) < self.comm.size:
-            raise ValueError(f"{name}: batch_size and the number of samples must be at least the "
-                             f"{self.comm.size} ranks, received batch_size {self.batch_size} and "
-                             f"{len(self.x_train)} samples")
+        #: the fewest samples a step may take: one per rank, two per rank for BatchNorm
+        self._least = self.comm.size * (2 if getattr(net, "use_batchnorm", False) else 1)
+        if self.batch_size < self._least or len(self.x_train) < self._least:
+            per_rank = " (2 per rank: BatchNorm normalises over each rank's part)" \
+                if self._least > self.comm.size else ""
+            raise ValueError(f"{name}: batch_size and the number of samples must be at least "
+                             f"{self._least}{per_rank} with {self.comm.size} rank(s), received "
+                             f"batch_size {self.batch_size} and {len(self.x_train)} samples")
         if x_test is None:
             self.x_test = self.t_test = None
         else:
@@ -130,9 +134,10 @@ class Trainer:
         return x, t
 
     def _batches(self, n):
-        """``(start, stop)`` of each global batch; a remainder smaller than the ranks joins the last."""
+        """``(start, stop)`` of each global batch; a remainder too small for a step (fewer
+        samples than ranks, or than two per rank with BatchNorm) joins the last."""
         bounds = [*range(0, n, self.batch_size), n]
-        if len(bounds) > 2 and bounds[-1] - bounds[-2] < self.comm.size:
+        if len(bounds) > 2 and bounds[-1] - bounds[-2] < self._least:
             del bounds[-2]
         return list(zip(bounds[:-1], bounds[1:]))
 
@@ -145,7 +150,8 @@ class Trainer:
         bar = _progress_bar(self.epochs * len(batches), self.verbose)
         be, parallel = self.net.backend, self.parallel
         check_each_step = not be.gpu  # on a GPU the check would wait for the device
-        self.net.gradient_hook = parallel.gradient_hook
+        own_hook = self.net.gradient_hook  # the user's, kept: it sees the averaged gradients
+        self.net.gradient_hook = _chained(parallel.gradient_hook, own_hook)
         try:
             for epoch in range(done + 1, last + 1):
                 if bar is not None:
@@ -186,7 +192,7 @@ class Trainer:
                 if bar is not None:
                     bar.set_postfix(self.summary(), refresh=False)
         finally:
-            self.net.gradient_hook = None
+            self.net.gradient_hook = own_hook
             if bar is not None:
                 bar.close()
         return self.history
@@ -243,6 +249,17 @@ def _progress_bar(total, verbose):
     except ImportError:  # tqdm is optional (the "train" extra): train without a bar
         return None
     return tqdm(total=total, unit="step", dynamic_ncols=True, leave=True)
+
+
+def _chained(first, then):
+    """One gradient hook running ``first`` and then ``then`` (either may be None)."""
+    if first is None or then is None:
+        return then if first is None else first
+
+    def both(grads):
+        first(grads)
+        then(grads)
+    return both
 
 
 # ------------------------------------------------------------ checkpoints

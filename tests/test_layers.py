@@ -446,3 +446,15 @@ def test_backward_takes_python_numbers_and_lists_on_every_backend(backend, dtype
     dx = affine.backward([[1.0, 1.0]])
     assert dx.shape == x.shape and dx.dtype == numpy.dtype(dtype)
     numpy.testing.assert_allclose(host(dx), numpy.full((1, 3), 2.0))
+
+
+def test_dropout_backward_after_an_inference_forward_is_the_identity(backend):
+    """As BatchNorm's, its backward follows its last forward's mode (PyTorch's eval dropout)."""
+    drop = Dropout(0.5, backend, seed=0)
+    x = backend.asarray(numpy.ones((4, 6)))
+    drop.forward(x, True)
+    drop.forward(x, False)
+    numpy.testing.assert_array_equal(host(drop.backward(backend.asarray(numpy.ones((4, 6))))),
+                                     numpy.ones((4, 6)))
+    drop.forward(x, True)
+    assert (host(drop.backward(backend.asarray(numpy.ones((4, 6))))) != 1).any()

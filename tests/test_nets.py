@@ -10,7 +10,7 @@ from fastbp.data import make_toy
 from fastbp.gradcheck import directional_check, gradient_check, rel_error
 from fastbp.nets import MultiLayerNet, TwoLayerNet
 from fastbp.optim import SGD, AdaGrad, Adam, Momentum, Nesterov, RMSprop
-from fastbp.train import load_params, save_params
+from fastbp.train import Trainer, load_params, save_params
 
 
 def _batch(n=8, d=20, c=5, seed=1):
@@ -721,3 +721,100 @@ def test_train_step_refuses_what_is_not_an_optimizer_or_does_not_fit_it(backend,
         before = _snapshot(net)
     for key, value in before.items():
         numpy.testing.assert_array_equal(host(net.params[key]), value)
+
+
+def test_params_update_checks_every_array_before_copying_any(backend):
+    net = TwoLayerNet(4, 3, 2, seed=0, backend=backend)
+    before = _snapshot(net)
+    with pytest.raises(ValueError, match=r"params\['b1'\]: expected shape \(3,\), received \(7,\); "
+                                         "nothing was changed"):
+        net.params.update({"W1": numpy.ones((4, 3)), "b1": numpy.ones(7)})
+    for key, value in before.items():
+        numpy.testing.assert_array_equal(host(net.params[key]), value)
+    net.params.update({"W1": numpy.ones((4, 3))}, b1=numpy.full(3, 2.0))
+    assert (host(net.params["W1"]) == 1).all() and (host(net.layers["Affine1"].b) == 2).all()
+
+
+def test_a_float32_net_refuses_values_that_would_overflow_to_inf(backend):
+    net = TwoLayerNet(4, 3, 2, seed=0, backend=backend, dtype="float32")
+    before = _snapshot(net)
+    huge = numpy.ones((4, 3))
+    huge[1, 2] = 1e39
+    with pytest.raises(ValueError, match=r"TwoLayerNet.params\['W1'\]: values beyond the range of "
+                                         r"float32 \(largest 1e\+39\) would become inf; nothing"):
+        net.params["W1"] = huge
+    numpy.testing.assert_array_equal(host(net.params["W1"]), before["W1"])
+    net.params["W1"] = numpy.full((4, 3), 3e38)  # within range: kept
+    assert numpy.isfinite(host(net.params["W1"])).all()
+
+
+@pytest.mark.parametrize("use_trainer", [False, True])
+def test_batchnorm_refuses_to_train_on_one_sample(backend, use_trainer):
+    """One sample's variance is 0: it would normalise to 0 and train on nothing (PyTorch refuses
+    it too); the Trainer never cuts such a batch."""
+    net = MultiLayerNet(6, [5], 3, use_batchnorm=True, seed=0, backend=backend)
+    x, t = _batch(9, 6, 3)
+    if use_trainer:
+        sizes = []
+        step = net.train_step
+        net.train_step = lambda xb, tb, *args, **kwargs: (sizes.append(len(xb)),
+                                                          step(xb, tb, *args, **kwargs))[1]
+        Trainer(net, SGD(lr=0.1), x, t, epochs=2, batch_size=4, verbose=False).fit()
+        assert sizes == [4, 5, 4, 5]  # the last sample joins the batch before it
+        with pytest.raises(ValueError, match="at least 2 .*BatchNorm.*received batch_size 1"):
+            Trainer(net, SGD(lr=0.1), x, t, batch_size=1)
+        return
+    before, buffers = _snapshot(net), {k: host(v).copy() for k, v in net.buffers.items()}
+    with pytest.raises(ValueError, match=r"MultiLayerNet.train_step: a net with BatchNorm trains "
+                                         r"on batches of at least 2 samples.*\(1, 6\)"):
+        net.train_step(x[:1], t[:1], Adam())
+    with pytest.raises(ValueError, match=r"BatchNorm.forward: training needs a batch of at least 2"):
+        net.gradient(x[:1], t[:1])
+    for key, value in before.items():
+        numpy.testing.assert_array_equal(host(net.params[key]), value)
+    for key, value in buffers.items():
+        numpy.testing.assert_array_equal(host(net.buffers[key]), value)
+    assert net.predict(x[:1]).shape == (1, 3)  # inference on one sample is fine
+
+
+@pytest.mark.parametrize("where", ["layer", "net"])
+def test_batchnorm_settings_changed_after_construction_reach_every_step(accelerated, where):
+    """The textbook sets a layer's momentum as a plain attribute; a compiled one-call step
+    must read it as the layers do, so backends still agree with the reference."""
+    x, t = _batch(12, 6, 3)
+    nets = [MultiLayerNet(6, [5, 4], 3, use_batchnorm=True, seed=2, backend=be)
+            for be in ("numpy", accelerated)]
+    for net in nets:
+        if where == "layer":
+            for i in (1, 2):
+                net.layers[f"BatchNorm{i}"].momentum, net.layers[f"BatchNorm{i}"].eps = 0.0, 1.0
+        else:
+            net.batchnorm_momentum, net.batchnorm_eps = 0.0, 1.0
+        assert (net.batchnorm_momentum, net.batchnorm_eps) == (0.0, 1.0)
+        assert (net.layers["BatchNorm2"].momentum, net.layers["BatchNorm2"].eps) == (0.0, 1.0)
+        assert net.config()["batchnorm_momentum"] == 0.0
+    optimizers = [SGD(lr=0.1), SGD(lr=0.1)]  # Adam would magnify the pre-BatchNorm biases'
+    for _ in range(3):                       # rounding-noise gradients (true value 0)
+        losses = [float(net.train_step(x, t, opt)) for net, opt in zip(nets, optimizers)]
+        assert losses[1] == pytest.approx(losses[0], rel=1e-10)
+    for key in nets[0].buffers:
+        assert_close(nets[1].buffers[key], nets[0].buffers[key], "float64", key)
+    # over the whole buffer: the biases before a BatchNorm are rounding noise (true value 0)
+    assert_close(nets[1].params.flat, nets[0].params.flat, "float64", "params")
+
+
+def test_batchnorm_layers_given_different_settings_still_train_alike(accelerated):
+    x, t = _batch(12, 6, 3)
+    nets = [MultiLayerNet(6, [5, 4], 3, use_batchnorm=True, seed=2, backend=be)
+            for be in ("numpy", accelerated)]
+    for net in nets:
+        net.layers["BatchNorm2"].momentum = 0.5
+        with pytest.raises(ValueError, match=r"batchnorm_momentum: the BatchNorm layers hold "
+                                             r"different values \[0.5, 0.9\]"):
+            net.config()
+    optimizers = [SGD(lr=0.1), SGD(lr=0.1)]
+    for _ in range(3):
+        for net, opt in zip(nets, optimizers):
+            net.train_step(x, t, opt)
+    for key in nets[0].buffers:
+        assert_close(nets[1].buffers[key], nets[0].buffers[key], "float64", key)

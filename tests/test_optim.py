@@ -272,3 +272,14 @@ def test_integer_params_are_refused_before_anything_moves(backend, cls):
     assert opt.step == {}
     for name in opt.state_names:
         assert getattr(opt, name) == {}
+
+
+@pytest.mark.parametrize("cls", OPTIMIZERS, ids=ids)
+def test_grads_that_are_not_arrays_are_named(backend, cls):
+    params = _params(backend)
+    before = _snapshot(params)
+    grads = {k: host(p).tolist() for k, p in params.items()}
+    with pytest.raises(ValueError, match=rf"{cls.__name__}.update: grads\['W'\] must be an array "
+                                         r"of shape \(2, 3\), received list"):
+        cls().update(params, grads)
+    _assert_same(params, before)

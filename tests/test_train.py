@@ -518,3 +518,17 @@ def test_interrupted_evaluation_leaves_history_one_entry_per_finished_epoch(digi
         trainer.fit()
     assert {key: len(values) for key, values in trainer.history.items()} == {
         "loss": 1, "train_acc": 1, "test_acc": 1, "epoch_time": 1}
+
+
+def test_fit_runs_the_users_gradient_hook_and_keeps_it(backend):
+    net = TwoLayerNet(6, 5, 3, weight_init_std=0.5, seed=0, backend=backend)
+    rng = numpy.random.default_rng(0)
+    x, t = rng.standard_normal((20, 6)), rng.integers(0, 3, 20)
+    seen = []
+
+    def hook(grads):
+        seen.append(float(abs(host(grads["W1"])).sum()))
+    net.gradient_hook = hook
+    Trainer(net, SGD(lr=0.1), x, t, epochs=2, batch_size=10, verbose=False).fit()
+    assert len(seen) == 4 and all(s > 0 for s in seen)
+    assert net.gradient_hook is hook

@@ -92,6 +92,8 @@ def check_targets(where, t, n, classes, backend, dtype, check_range=True):
             raise ValueError(f"{where}: class-index labels must be integers, received dtype {t.dtype}")
         if t.shape[0] != n:
             raise ValueError(f"{where}: x has {n} rows but t has {t.shape[0]} labels")
+        if not t.dtype.isnative:  # big-endian from a file: the compiled kernels take native
+            t = t.astype(t.dtype.newbyteorder("="))
         low, high = backend.label_range(t) if check_range or not backend.gpu else (0, 0)
         if low < 0 or high >= classes:
             raise ValueError(f"{where}: labels must lie in [0, {classes}), received values in "

@@ -8,7 +8,7 @@ their ``backward`` returns ``(y - t) / N`` times the incoming ``dout``.
 from __future__ import annotations
 
 from fastbp.backends import get_backend
-from fastbp.checks import check_number, check_targets
+from fastbp.checks import check_number, check_real, check_targets
 
 
 def _forward_first(layer, cached):
@@ -19,10 +19,20 @@ def _forward_first(layer, cached):
     return cached
 
 
-def _dout_array(layer, dout, like):
-    """``dout`` as an array; a Python number or list takes the dtype of ``like`` (what forward
-    cached), so every backend takes the same inputs and float32 stays float32."""
-    return dout if hasattr(dout, "shape") else layer.backend.asarray(dout, dtype=like.dtype)
+def _dout_array(layer, dout, like, shape=None):
+    """``dout`` as an array: a number (Python's or NumPy's) or a list takes the dtype of
+    ``like`` (what forward cached), so every backend takes the same inputs and float32 stays
+    float32.  Given the ``shape`` of the last forward's output, a number becomes an array of
+    it (the gradient of the output's sum, scaled) and another shape is refused by the layer's
+    name."""
+    if not hasattr(dout, "shape") or dout.ndim == 0:
+        dout = layer.backend.asarray(dout, dtype=like.dtype)
+    if shape is not None and dout.ndim == 0:
+        dout = layer.backend.xp.full(shape, dout.item(), dtype=like.dtype)
+    if shape is not None and tuple(dout.shape) != tuple(shape):
+        raise ValueError(f"{type(layer).__name__}.backward: expected dout of shape {tuple(shape)} "
+                         f"(the last forward's output), received {tuple(dout.shape)}")
+    return dout
 
 
 class MulLayer:
@@ -60,7 +70,7 @@ class ReLU:
 
     def backward(self, dout):
         mask = _forward_first(self, self.mask)
-        return self.backend.relu_backward(_dout_array(self, dout, mask), mask)
+        return self.backend.relu_backward(_dout_array(self, dout, mask, mask.shape), mask)
 
 
 class Sigmoid:
@@ -76,7 +86,7 @@ class Sigmoid:
 
     def backward(self, dout):
         out = _forward_first(self, self.out)
-        return self.backend.sigmoid_backward(_dout_array(self, dout, out), out)
+        return self.backend.sigmoid_backward(_dout_array(self, dout, out, out.shape), out)
 
 
 class Affine:
@@ -100,6 +110,9 @@ class Affine:
 
     def forward(self, x):
         x = self.backend.ensure_array(x, "Affine.forward")
+        if x.ndim == 0 or x.shape[0] == 0:
+            raise ValueError(f"Affine.forward: expected a batch of N >= 1 rows, received shape "
+                             f"{tuple(x.shape)}")
         self.original_x_shape = x.shape
         x = x.reshape(x.shape[0], -1)
         if x.shape[1] != self.W.shape[0]:
@@ -112,10 +125,7 @@ class Affine:
 
     def backward(self, dout):
         x = _forward_first(self, self.x)
-        dout = _dout_array(self, dout, x)
-        if dout.shape != (x.shape[0], self.W.shape[1]):
-            raise ValueError(f"Affine.backward: expected dout of shape {(x.shape[0], self.W.shape[1])}"
-                             f" (the last forward's output), received {tuple(dout.shape)}")
+        dout = _dout_array(self, dout, x, (x.shape[0], self.W.shape[1]))
         dx, self.dW, self.db = self.backend.affine_backward(dout, x, self.W, self.need_dx)
         return None if dx is None else dx.reshape(self.original_x_shape)
 
@@ -144,7 +154,8 @@ class SoftmaxWithLoss:
         return self.loss
 
     def backward(self, dout=1):
-        return self.backend.softmax_cross_entropy_backward(_forward_first(self, self.y), self.t) * dout
+        y = _forward_first(self, self.y)
+        return self.backend.softmax_cross_entropy_backward(y, self.t) * _dout_array(self, dout, y)
 
 
 class IdentityWithLoss:
@@ -166,7 +177,10 @@ class IdentityWithLoss:
         if x.ndim == 0 or x.shape[0] == 0:
             raise ValueError(f"{where}: expected outputs x with a batch of N >= 1 rows, received "
                              f"shape {tuple(x.shape)}")
-        if t.shape != x.shape:
+        if t.shape == x.shape:
+            check_real(where, "t", t)
+            t = t.astype(x.dtype, copy=False)  # float32 stays float32
+        else:
             if x.ndim != 2 or t.ndim != 1:
                 raise ValueError(f"{where}: expected t of shape {tuple(x.shape)}, received shape "
                                  f"{tuple(t.shape)}")
@@ -179,7 +193,7 @@ class IdentityWithLoss:
 
     def backward(self, dout=1):
         y = _forward_first(self, self.y)
-        return (y - self.t) * (dout / y.shape[0])
+        return (y - self.t) * (_dout_array(self, dout, y) / y.shape[0])
 
 
 class Dropout:
@@ -209,13 +223,15 @@ class Dropout:
             return x
         if not (self.fixed_mask and self.mask is not None and self.mask.shape == x.shape):
             keep = self.rng.random(x.shape) >= self.dropout_ratio
-            self.mask = keep.astype(x.dtype)
+            self.mask = keep.astype(x.dtype if x.dtype.kind == "f" else "float64")
             self.mask *= 1 / (1 - self.dropout_ratio)
         return x * self.mask
 
     def backward(self, dout):
         """Through the mask of a training forward; the identity after an inference one."""
-        return dout if self.mask is None or not self.train_flg else dout * self.mask
+        if self.mask is None or not self.train_flg:
+            return dout
+        return _dout_array(self, dout, self.mask, self.mask.shape) * self.mask
 
 
 class BatchNorm:
@@ -236,6 +252,7 @@ class BatchNorm:
     def __init__(self, gamma, beta, momentum=0.9, running_mean=None, running_var=None,
                  backend=None, eps=1e-6):
         self.backend = get_backend(backend)
+        gamma, beta = (self.backend.ensure_array(a, "BatchNorm") for a in (gamma, beta))
         self.momentum = check_number("BatchNorm", "momentum", momentum, "in [0, 1]",
                                      lambda m: 0 <= m <= 1)
         self.eps = check_number("BatchNorm", "eps", eps, "> 0", lambda e: e > 0)
@@ -270,7 +287,7 @@ class BatchNorm:
 
     def backward(self, dout):
         xn = _forward_first(self, self.xn)
-        dout = _dout_array(self, dout, xn)
+        dout = _dout_array(self, dout, xn, self.input_shape)
         dx, self.dgamma, self.dbeta = self.backend.batchnorm_backward(
             dout.reshape(xn.shape), xn, self.inv_std, self.gamma, self.train_flg)
         return dx.reshape(self.input_shape)

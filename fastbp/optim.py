@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy
+
 from fastbp.backends import get_backend
 from fastbp.checks import check_number, check_real
 
@@ -39,6 +41,10 @@ class _SharedCount:
     names: tuple
     count: int
     state: list
+
+
+#: dtype -> (smallest normal, largest finite), as Python floats
+_NORMAL_RANGE = {}
 
 
 def _positive(owner, argument, value):
@@ -215,15 +221,31 @@ class Optimizer:
                 raise ValueError(f"{name}: grads[{key!r}] must have shape {tuple(param.shape)}, "
                                  f"received {tuple(grads[key].shape)}")
             self._check_state_fits(name, key, param.shape)
+            self._check_range(name, param.dtype)
 
     def check_fits(self, params, net):
-        """Refuse ``params`` whose shapes differ from the state held for them, before a
-        ``net.train_step`` changes anything; O(1) for the params last checked while no state
-        is made."""
+        """Refuse ``params`` whose shapes differ from the state held for them, or whose dtype
+        cannot hold ``lr`` or ``eps``, before a ``net.train_step`` changes anything; O(1) for
+        the params last checked while no state is made."""
+        self._check_range(f"{type(net).__name__}.train_step", params.flat.dtype)
         if self._fits is not params:
             for key, param in params.items():
                 self._check_state_fits(f"{type(net).__name__}.train_step", key, param.shape)
             self._fits = params
+
+    def _check_range(self, where, dtype):
+        """Refuse an ``lr`` or ``eps`` beyond ``dtype``'s normal numbers (checked each step, as
+        a schedule may change them): in float32, 1e39 is inf, and 1e-40 is read as 0 by the
+        fused passes (which treat subnormals as zero), so 0 / (0 + eps) would be NaN."""
+        tiny, largest = _NORMAL_RANGE.get(dtype) or _NORMAL_RANGE.setdefault(
+            dtype, (float(numpy.finfo(dtype).tiny), float(numpy.finfo(dtype).max)))
+        for name in ("lr", "eps"):
+            value = getattr(self, name, None)
+            if value is not None and not tiny <= value <= largest:
+                raise ValueError(f"{where}: {type(self).__name__}'s {name} {value!r} lies outside "
+                                 f"{dtype}'s normal numbers [{tiny:.4g}, {largest:.4g}], so it "
+                                 f"would be {'inf' if value > largest else '0'} in the update; "
+                                 "nothing was changed")
 
     def _check_state_fits(self, where, key, shape):
         """Refuse a parameter of another shape than the state held for ``key``."""

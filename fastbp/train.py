@@ -204,14 +204,18 @@ class Trainer:
             f"learning rate is {self.optimizer.lr:g}: lower it")
 
     def _check_params(self, epoch):
-        """Refuse to go on from an update that overflowed although its loss was finite."""
-        params, be = self.net.params, self.net.backend
-        if be.all_finite(params.flat):  # every parameter is a view of it: one pass
-            return
-        bad = next(k for k, p in params.items() if not be.all_finite(p))
-        raise FloatingPointError(
-            f"Trainer: after epoch {epoch} params[{bad!r}] holds NaN or inf: the last updates "
-            f"overflowed. The learning rate is {self.optimizer.lr:g}: lower it")
+        """Refuse to go on from an update that overflowed although its loss was finite, or
+        from BatchNorm statistics that did (inputs so large their variance is inf)."""
+        be = self.net.backend
+        for kind, arrays in (("params", self.net.params), ("buffers", self.net.buffers)):
+            if be.all_finite(arrays.flat):  # every array is a view of it: one pass
+                continue
+            bad = next(k for k, p in arrays.items() if not be.all_finite(p))
+            cause = (f"the last updates overflowed. The learning rate is "
+                     f"{self.optimizer.lr:g}: lower it" if kind == "params" else
+                     "the batches' statistics overflowed: scale the inputs")
+            raise FloatingPointError(f"Trainer: after epoch {epoch} {kind}[{bad!r}] holds NaN "
+                                     f"or inf: {cause}")
 
     def _evaluate(self):
         """``(train_acc, test_acc)`` of the net now; ``test_acc`` None without test data."""

@@ -458,3 +458,71 @@ def test_dropout_backward_after_an_inference_forward_is_the_identity(backend):
                                      numpy.ones((4, 6)))
     drop.forward(x, True)
     assert (host(drop.backward(backend.asarray(numpy.ones((4, 6))))) != 1).any()
+
+
+@pytest.mark.parametrize("make", ["ReLU", "Sigmoid", "Dropout", "BatchNorm"])
+def test_backward_refuses_a_dout_of_another_shape_than_the_forward_output(backend, make):
+    """The compiled Sigmoid read past a larger dout's end, and broadcast or shrank others."""
+    layer = {"ReLU": lambda: ReLU(backend), "Sigmoid": lambda: Sigmoid(backend),
+             "Dropout": lambda: Dropout(0.5, backend, seed=0),
+             "BatchNorm": lambda: _batchnorm(backend, 5)}[make]()
+    layer.forward(backend.asarray(numpy.random.default_rng(0).standard_normal((3, 5))))
+    for shape in ((50, 5), (2, 5), (3, 4), (5,)):
+        with pytest.raises(ValueError, match=rf"{make}.backward: expected dout of shape \(3, 5\) "
+                                             rf"\(the last forward's output\), received "
+                                             rf"{re.escape(str(shape))}"):
+            layer.backward(backend.asarray(numpy.ones(shape)))
+    assert layer.backward(backend.asarray(numpy.ones((3, 5)))).shape == (3, 5)
+
+
+def test_relu_of_another_input_dtype_backpropagates_as_the_reference(backend, reference):
+    for x_dtype in ("float16", "int64"):
+        outs = []
+        for be in (reference, backend):
+            relu = ReLU(be)
+            relu.forward(be.asarray(numpy.array([[-1, 2, 3]], dtype=x_dtype)))
+            outs.append(host(relu.backward(be.asarray(numpy.ones((1, 3), "float32")))))
+        assert outs[1].dtype == outs[0].dtype
+        numpy.testing.assert_array_equal(outs[1], outs[0])
+
+
+def test_identity_loss_keeps_float32_and_refuses_complex_targets(backend):
+    x = backend.asarray(numpy.ones((2, 3), "float32"))
+    layer = IdentityWithLoss(backend)
+    for t in (numpy.zeros((2, 3)), numpy.zeros((2, 3), int), [[0.0] * 3] * 2):
+        loss = layer.forward(x, backend.asarray(t) if not isinstance(t, list) else t)
+        assert loss.dtype == numpy.float32 and layer.backward().dtype == numpy.float32
+    with pytest.raises(ValueError, match="IdentityWithLoss.forward: expected real numbers in t, "
+                                         "received dtype complex128"):
+        layer.forward(x, backend.asarray(numpy.zeros((2, 3), complex)))
+
+
+def test_a_loss_backward_scaled_by_a_numpy_number_keeps_float32(backend):
+    layer = SoftmaxWithLoss(backend)
+    layer.forward(backend.asarray(numpy.ones((2, 3), "float32")), backend.asarray([0, 1]))
+    assert layer.backward(numpy.float64(2.0)).dtype == numpy.float32
+
+
+def test_an_infinite_first_row_loss_sums_to_inf_not_nan(backend):
+    """The compiled sums began from values[0] - values[0], NaN when that is inf."""
+    x = backend.asarray(numpy.array([[-numpy.inf, 0.0, 0.0], [0.0, 1.0, 2.0]]))
+    with numpy.errstate(all="ignore"):
+        loss = float(SoftmaxWithLoss(backend).forward(x, backend.asarray([0, 1])))
+    assert loss == numpy.inf
+
+
+def test_big_endian_labels_work_as_native_ones(backend):
+    x = backend.asarray(numpy.random.default_rng(0).standard_normal((4, 3)))
+    t = numpy.array([0, 2, 1, 2])
+    losses = [float(SoftmaxWithLoss(backend).forward(x, backend.asarray(t.astype(order))))
+              for order in ("<i8", ">i8")]
+    assert losses[0] == losses[1]
+
+
+def test_affine_names_an_empty_batch_and_batchnorm_takes_lists(backend):
+    affine = Affine(backend.asarray(numpy.ones((3, 2))), backend.asarray(numpy.zeros(2)), backend)
+    with pytest.raises(ValueError, match=r"Affine.forward: expected a batch of N >= 1 rows, "
+                                         r"received shape \(0, 3\)"):
+        affine.forward(backend.asarray(numpy.ones((0, 3))))
+    layer = BatchNorm([1.0, 1.0], [0.0, 0.0], backend=backend)
+    assert layer.forward(backend.asarray(numpy.array([[1.0, 2.0], [3.0, 5.0]]))).shape == (2, 2)

@@ -283,3 +283,26 @@ def test_grads_that_are_not_arrays_are_named(backend, cls):
                                          r"of shape \(2, 3\), received list"):
         cls().update(params, grads)
     _assert_same(params, before)
+
+
+@pytest.mark.parametrize("make, name, value, becomes", [
+    (lambda: Adam(eps=1e-40), "eps", "1e-40", "0"), (lambda: AdaGrad(eps=1e-40), "eps", "1e-40", "0"),
+    (lambda: SGD(lr=1e39), "lr", r"1e\+39", "inf"), (lambda: Momentum(lr=1e-40), "lr", "1e-40", "0")])
+def test_settings_beyond_float32s_normal_numbers_are_refused_before_anything_moves(
+        backend, make, name, value, becomes):
+    """1e39 is inf in float32, and the fused passes read 1e-40 as 0 (0 / (0 + eps) is NaN)."""
+    from fastbp.nets import MultiLayerNet
+
+    net = MultiLayerNet(4, [3], 2, seed=0, backend=backend, dtype="float32")
+    before, opt = _snapshot(net.params), make()
+    x, t = numpy.ones((2, 4)), numpy.array([0, 1])
+    message = rf"{name} {value} lies outside float32's normal numbers .* would be {becomes}"
+    with pytest.raises(ValueError, match=rf"MultiLayerNet.train_step: {type(opt).__name__}'s "
+                                         + message):
+        net.train_step(x, t, opt)
+    with pytest.raises(ValueError, match=rf"{type(opt).__name__}.update: .*" + message):
+        opt.update(net.params, net.gradient(x, t), backend=backend)
+    _assert_same(net.params, before)
+    assert all(not getattr(opt, state) for state in opt.state_names)
+    net64 = MultiLayerNet(4, [3], 2, seed=0, backend=backend)  # float64 holds them
+    net64.train_step(x, t, make())

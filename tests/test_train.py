@@ -532,3 +532,14 @@ def test_fit_runs_the_users_gradient_hook_and_keeps_it(backend):
     Trainer(net, SGD(lr=0.1), x, t, epochs=2, batch_size=10, verbose=False).fit()
     assert len(seen) == 4 and all(s > 0 for s in seen)
     assert net.gradient_hook is hook
+
+
+def test_fit_stops_on_batchnorm_statistics_that_overflowed(backend):
+    """Finite inputs so large their variance is inf: the loss stays finite, running_var not."""
+    net = MultiLayerNet(3, [4], 2, use_batchnorm=True, seed=0, backend=backend)
+    rng = numpy.random.default_rng(0)
+    x, t = rng.standard_normal((8, 3)) * 1e200, rng.integers(0, 2, 8)
+    with numpy.errstate(all="ignore"), pytest.raises(
+            FloatingPointError, match=r"after epoch 1 buffers\['running_var1'\] holds NaN or inf: "
+                                      "the batches' statistics overflowed"):
+        Trainer(net, SGD(lr=0.01), x, t, epochs=1, batch_size=4, verbose=False).fit()

@@ -142,7 +142,7 @@ class NumbaBackend(NumpyBackend):
         return out, out
 
     def relu_backward(self, dout, mask):
-        if not _floats(dout) or mask.shape != dout.shape:
+        if not _floats(dout, mask) or mask.shape != dout.shape:
             return super().relu_backward(dout, mask)
         return self._activation_grad(dout, mask, elementwise.RELU)
 
@@ -150,7 +150,7 @@ class NumbaBackend(NumpyBackend):
         return self._activate(x, elementwise.SIGMOID) if _floats(x) else super().sigmoid_forward(x)
 
     def sigmoid_backward(self, dout, out):
-        if not _floats(dout, out):
+        if not _floats(dout, out) or out.shape != dout.shape:
             return super().sigmoid_backward(dout, out)
         return self._activation_grad(dout, out, elementwise.SIGMOID)
 

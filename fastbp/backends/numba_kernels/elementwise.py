@@ -55,7 +55,7 @@ def _flushed(v, tiny):
 @njit(cache=True, error_model="numpy", fastmath={"reassoc"})
 def _dot(a, b):
     """A dot product free to reorder its sum, so it vectorises (rounding ~1e-16 relative)."""
-    s = a[0] - a[0]
+    s = a.dtype.type(0)  # not a[0] - a[0]: an inf first element would make it NaN
     for i in range(a.shape[0]):
         s += a[i] * b[i]
     return s

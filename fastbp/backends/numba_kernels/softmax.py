@@ -22,7 +22,7 @@ CHUNK = 64
 @njit(cache=True, error_model="numpy")
 def _sum(values):
     """A plain loop in index order: a fixed summation order, whatever the threads."""
-    total = values[0] - values[0]
+    total = values.dtype.type(0)  # not values[0] - values[0]: inf - inf is NaN
     for v in values:
         total += v
     return total

@@ -20,7 +20,7 @@ def _vector_sum(a):
     The order is fixed when the kernel compiles, so results stay repeatable;
     only this single-threaded tiny step uses it.
     """
-    s = a[0] - a[0]
+    s = a.dtype.type(0)  # not a[0] - a[0]: an inf first element would make it NaN
     for i in range(a.shape[0]):
         s += a[i]
     return s
@@ -84,7 +84,7 @@ def _sum_of_logs(values):
     four softmax denominators is at most ``C**4``, far from overflow for the
     class counts of a tiny net, and rounds by a few ulp.
     """
-    total = values[0] - values[0]
+    total = values.dtype.type(0)  # not values[0] - values[0]: inf - inf is NaN
     n4 = values.shape[0] - values.shape[0] % 4
     for i in range(0, n4, 4):
         total += np.log(values[i] * values[i + 1] * values[i + 2] * values[i + 3])

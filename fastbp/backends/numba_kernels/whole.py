@@ -90,7 +90,7 @@ def mlp_gradient(x, t, sizes, p, g, act, lam, work, check_finite, running, momen
     _xent_rows(_output(work, sizes, n, layers - 1), b, t, d, losses, one / dtype(n), one, 0, n)
     loss = _sum(losses) / dtype(n)
     if lam != 0:
-        squares = loss - loss
+        squares = dtype(0)
         for layer in range(layers):
             W = p[starts[layer]:starts[layer] + sizes[layer] * sizes[layer + 1]]
             squares += _dot(W, W)  # a plain loop would wait on every add in turn

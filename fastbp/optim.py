@@ -90,6 +90,8 @@ class Optimizer:
 
     #: names of the per-parameter state dicts, each ``{key: array like params[key]}``
     state_names: tuple = ()
+    #: the term that keeps a division finite, in the rules that divide
+    eps = None
 
     def __init__(self, lr, clip_norm=None):
         self.lr = _positive(self, "lr", lr)
@@ -239,8 +241,10 @@ class Optimizer:
         fused passes (which treat subnormals as zero), so 0 / (0 + eps) would be NaN."""
         tiny, largest = _NORMAL_RANGE.get(dtype) or _NORMAL_RANGE.setdefault(
             dtype, (float(numpy.finfo(dtype).tiny), float(numpy.finfo(dtype).max)))
+        if tiny <= self.lr <= largest and (self.eps is None or tiny <= self.eps <= largest):
+            return
         for name in ("lr", "eps"):
-            value = getattr(self, name, None)
+            value = getattr(self, name)
             if value is not None and not tiny <= value <= largest:
                 raise ValueError(f"{where}: {type(self).__name__}'s {name} {value!r} lies outside "
                                  f"{dtype}'s normal numbers [{tiny:.4g}, {largest:.4g}], so it "

@@ -526,3 +526,9 @@ def test_affine_names_an_empty_batch_and_batchnorm_takes_lists(backend):
         affine.forward(backend.asarray(numpy.ones((0, 3))))
     layer = BatchNorm([1.0, 1.0], [0.0, 0.0], backend=backend)
     assert layer.forward(backend.asarray(numpy.array([[1.0, 2.0], [3.0, 5.0]]))).shape == (2, 2)
+
+
+def test_dropout_of_integer_inputs_scales_them_as_numbers(backend):
+    drop = Dropout(0.5, backend, seed=0)
+    out = host(drop.forward(backend.asarray(numpy.full((50, 4), 3))))
+    assert out.dtype == numpy.float64 and set(numpy.unique(out)) <= {0.0, 6.0}

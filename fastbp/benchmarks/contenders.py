@@ -18,7 +18,6 @@ floor: its products).
 from __future__ import annotations
 
 import itertools
-import os
 from typing import NamedTuple
 
 import numpy as np
@@ -29,6 +28,7 @@ from fastbp.benchmarks import textbook as textbook_code
 from fastbp.benchmarks.textbook import TextbookNet
 from fastbp.benchmarks.timing import Contender
 from fastbp.nets import MultiLayerNet
+from fastbp.sysinfo import usable_cpus
 
 LR = 0.01
 #: optimizer key -> (class name in fastbp.optim and in the textbook code, its hyper-parameters)
@@ -231,19 +231,24 @@ def torch_step(device: str):
     def make(problem: Problem) -> Contender:
         torch = import_torch(device)
         if device == "cpu":
-            torch.set_num_threads(os.cpu_count())
+            torch.set_num_threads(usable_cpus())  # as many threads as BLAS and numba
         model, opt, params = torch_net(torch, problem, device)
         loss_fn = torch.nn.CrossEntropyLoss()
         batch = cycling((torch.from_numpy(x).to(device), torch.from_numpy(t).to(device))
                         for x, t in problem.batches)
+        decay = problem.config.weight_decay
+        weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
 
         def step():
             x, t = batch()
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(x), t)
+            if decay:  # the loss the others report: torch's weight_decay changes only the gradient
+                with torch.no_grad():
+                    penalty = 0.5 * decay * sum(w.square().sum() for w in weights)
             loss.backward()
             opt.step()
-            return loss.detach()
+            return loss.detach() + penalty if decay else loss.detach()
 
         sync = torch.cuda.synchronize if device == "cuda" else None
         name = "torch" if device == "cpu" else "torch-cuda"

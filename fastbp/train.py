@@ -177,8 +177,8 @@ class Trainer:
                     values = be.to_numpy(be.xp.stack(losses))
                     first = int(numpy.flatnonzero(~numpy.isfinite(values))[0])
                     raise self._diverged(epoch, first + 1, len(batches), values[first])
-                self._check_params(epoch)
                 parallel.average_buffers()
+                self._check_params(epoch)  # after the averaging: every rank sees the same
                 seconds = time.perf_counter() - start
                 loss = parallel.total(local) / n
                 train_acc, test_acc = self._evaluate()

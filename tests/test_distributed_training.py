@@ -208,6 +208,38 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_before_its_update(tmp_pa
         assert f"rank {r} untouched" in result.stdout
 
 
+_STATISTICS_OVERFLOW_ON_ONE_RANK = """
+import numpy as np
+from fastbp.distributed import world
+from fastbp.nets import MultiLayerNet
+from fastbp.optim import SGD
+from fastbp.train import Trainer
+
+comm = world(required=True)
+rng = np.random.default_rng(0)
+x, t = rng.standard_normal((64, 3)), rng.integers(0, 2, 64)
+bad = x * (1e200 if comm.rank == 1 else 1)  # rank 1's own file: finite, but of inf variance
+net = MultiLayerNet(3, [4], 2, use_batchnorm=True, seed=0)
+with np.errstate(all="ignore"):
+    try:
+        Trainer(net, SGD(lr=0.01), bad, t, epochs=1, batch_size=16, verbose=False, comm=comm).fit()
+    except FloatingPointError as exc:
+        print(f"rank {comm.rank} stopped: {exc}", flush=True)
+comm.barrier()
+print(f"rank {comm.rank} in step", flush=True)
+"""
+
+
+def test_batchnorm_statistics_that_overflow_on_one_rank_stop_every_rank(tmp_path):
+    """Checked after the running statistics are averaged, so no rank waits for the others."""
+    script = write_script(tmp_path, "statistics.py", _STATISTICS_OVERFLOW_ON_ONE_RANK)
+    result = mpiexec(2, ["-m", "mpi4py", script], timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for r in range(2):
+        assert f"rank {r} stopped: Trainer: after epoch 1 buffers['running_var1']" in result.stdout
+        assert f"rank {r} in step" in result.stdout
+
+
 @pytest.mark.parametrize("missing_on", [0, 1])
 def test_fastbp_train_distributed_never_leaves_ranks_waiting_after_an_error_on_one(tmp_path,
                                                                                   missing_on):

@@ -202,8 +202,10 @@ def limit_threads(ranks_on_node) -> int | None:
     """
     if any(os.environ.get(var) for var in _THREAD_VARS):
         return None
+    from fastbp.sysinfo import usable_cpus
+
     cores = os.cpu_count() or 1
-    visible = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    visible = usable_cpus()
     threads = max(1, min(visible, cores // max(1, ranks_on_node)))  # min: the launcher may bind
     for var in _THREAD_VARS:
         os.environ[var] = str(threads)

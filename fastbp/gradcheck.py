@@ -74,10 +74,11 @@ def gradient_check(net, x, t, h=1e-4, numerical_net=None) -> dict:
     backprop against the float64 truth (float32's own central differences are
     wrong by 1e-3 to 1e-2, more than any error they could find).
     """
+    differentiated = numerical_net or net
     with net.repeatable_training_passes():
         backprop = net.gradient(x, t)
-    with (numerical_net or net).repeatable_training_passes():
-        numerical = (numerical_net or net).numerical_gradient(x, t, h)
+    with differentiated.repeatable_training_passes():
+        numerical = differentiated.numerical_gradient(x, t, h)
     floor = 1e-4 * math.sqrt(sum(float(numpy.linalg.norm(to_numpy(g))) ** 2
                                  for g in backprop.values()))
     return {key: rel_error(backprop[key], numerical[key], floor) for key in backprop}

@@ -127,6 +127,7 @@ class MultiLayerNet:
                                                 ">= 0", lambda v: v >= 0)
         self.dropout_ratio = check_number(name, "dropout_ratio", dropout_ratio, "in [0, 1)",
                                           lambda r: 0 <= r < 1)
+        self._batchnorm_defaults = {}  # the settings before the layers exist, and without them
         self.batchnorm_momentum, self.batchnorm_eps = batchnorm_momentum, batchnorm_eps
         self.use_dropout, self.use_batchnorm = bool(use_dropout), bool(use_batchnorm)
         self.backend = get_backend(backend)
@@ -260,7 +261,7 @@ class MultiLayerNet:
 
     def _set_batchnorm(self, name, value, expected, ok):
         value = check_number(type(self).__name__, f"batchnorm_{name}", value, expected, ok)
-        self.__dict__.setdefault("_batchnorm_defaults", {})[name] = value
+        self._batchnorm_defaults[name] = value
         for batchnorm, _ in getattr(self, "_hidden", ()):
             if batchnorm is not None:
                 setattr(batchnorm, name, value)

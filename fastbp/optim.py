@@ -215,7 +215,7 @@ class Optimizer:
                 raise ValueError(f"{name}: params[{key!r}] must be a floating-point array (it is "
                                  f"updated in place), received "
                                  f"{getattr(param, 'dtype', type(param).__name__)}")
-            if getattr(grads[key], "shape", None) is None or getattr(grads[key], "dtype", None) is None:
+            if not hasattr(grads[key], "dtype"):
                 raise ValueError(f"{name}: grads[{key!r}] must be an array of shape "
                                  f"{tuple(param.shape)}, received {type(grads[key]).__name__}")
             check_real(name, f"grads[{key!r}]", grads[key])

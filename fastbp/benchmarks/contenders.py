@@ -35,6 +35,9 @@ LR = 0.01
 OPTIMIZERS = {
     "sgd": ("SGD", {}),
     "momentum": ("Momentum", {"momentum": 0.9}),
+    "nesterov": ("Nesterov", {"momentum": 0.9}),
+    "adagrad": ("AdaGrad", {"eps": 1e-10}),
+    "rmsprop": ("RMSprop", {"decay_rate": 0.99, "eps": 1e-8}),
     "adam": ("Adam", {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8}),
 }
 #: BatchNorm's eps in fastbp and in the textbook (its ``10e-7``); PyTorch is given the same
@@ -211,18 +214,27 @@ def torch_net(torch, problem: Problem, device: str):
         groups = [{"params": [t for k, t in named.items() if k[0] == "W"],
                    "weight_decay": c.weight_decay},
                   {"params": [t for k, t in named.items() if k[0] != "W"], "weight_decay": 0.0}]
-    _, hyper = OPTIMIZERS[c.optimizer]
-    if c.optimizer == "adam":
-        opt = torch.optim.Adam(groups, lr=c.lr, betas=(hyper["beta1"], hyper["beta2"]),
-                               eps=hyper["eps"])
-    else:
-        opt = torch.optim.SGD(groups, lr=c.lr, momentum=hyper.get("momentum", 0.0))
+    opt = _torch_optimizer(torch, c, groups)
 
     def params():
         return {k: t.detach().cpu().numpy().T.copy() if k[0] == "W" else t.detach().cpu().numpy()
                 for k, t in named.items()}
 
     return model, opt, params
+
+
+def _torch_optimizer(torch, c: Config, groups):
+    """The ``torch.optim`` optimizer whose rule is the config's fastbp one, same hyper-parameters."""
+    _, hyper = OPTIMIZERS[c.optimizer]
+    if c.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=c.lr, betas=(hyper["beta1"], hyper["beta2"]),
+                                eps=hyper["eps"])
+    if c.optimizer == "adagrad":
+        return torch.optim.Adagrad(groups, lr=c.lr, eps=hyper["eps"])
+    if c.optimizer == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=c.lr, alpha=hyper["decay_rate"], eps=hyper["eps"])
+    return torch.optim.SGD(groups, lr=c.lr, momentum=hyper.get("momentum", 0.0),
+                           nesterov=c.optimizer == "nesterov")
 
 
 def torch_step(device: str):

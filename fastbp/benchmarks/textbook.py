@@ -9,11 +9,14 @@ optimizers that loop ``for key in params``.  Every Affine layer computes its
 input gradient, so a step does ``3L`` matrix products (the first layer's
 ``dx`` is computed and thrown away).
 
-Two departures, neither of which changes the work done: the weight-decay
-terms are skipped when ``weight_decay_lambda`` is 0 (the book adds ``0 * W``),
-and Adam's ``eps`` is scaled by the same bias correction as its ``lr_t`` (the
-book adds a fixed ``1e-7`` to ``sqrt(v)``), so that the update is PyTorch's
-and fastbp's to rounding.  Scalars are Python floats, so float32 stays float32.
+Three departures, none of which changes the work done: the weight-decay
+terms are skipped when ``weight_decay_lambda`` is 0 (the book adds ``0 * W``);
+Adam's ``eps`` is scaled by the same bias correction as its ``lr_t``, and
+AdaGrad's and RMSprop's ``eps`` is an argument (the book adds a fixed
+``1e-7``); Nesterov applies the velocity from before its update, as the
+book's derivation does (its class applies the new one).  So every update is
+PyTorch's and fastbp's to rounding.  Scalars are Python floats, so float32
+stays float32.
 """
 
 from __future__ import annotations
@@ -220,3 +223,42 @@ class Adam:
             self.m[key] += (1 - self.beta1) * (grads[key] - self.m[key])
             self.v[key] += (1 - self.beta2) * (grads[key] ** 2 - self.v[key])
             params[key] -= lr_t * self.m[key] / (np.sqrt(self.v[key]) + eps_t)
+
+
+class Nesterov:
+    def __init__(self, lr=0.01, momentum=0.9):
+        self.lr, self.momentum, self.v = lr, momentum, None
+
+    def update(self, params, grads):
+        if self.v is None:
+            self.v = {key: np.zeros_like(value) for key, value in params.items()}
+        for key in params:
+            params[key] += self.momentum * self.momentum * self.v[key]
+            params[key] -= (1 + self.momentum) * self.lr * grads[key]
+            self.v[key] *= self.momentum
+            self.v[key] -= self.lr * grads[key]
+
+
+class AdaGrad:
+    def __init__(self, lr=0.01, eps=1e-7):
+        self.lr, self.eps, self.h = lr, eps, None
+
+    def update(self, params, grads):
+        if self.h is None:
+            self.h = {key: np.zeros_like(value) for key, value in params.items()}
+        for key in params:
+            self.h[key] += grads[key] * grads[key]
+            params[key] -= self.lr * grads[key] / (np.sqrt(self.h[key]) + self.eps)
+
+
+class RMSprop:
+    def __init__(self, lr=0.01, decay_rate=0.99, eps=1e-7):
+        self.lr, self.decay_rate, self.eps, self.h = lr, decay_rate, eps, None
+
+    def update(self, params, grads):
+        if self.h is None:
+            self.h = {key: np.zeros_like(value) for key, value in params.items()}
+        for key in params:
+            self.h[key] *= self.decay_rate
+            self.h[key] += (1 - self.decay_rate) * grads[key] * grads[key]
+            params[key] -= self.lr * grads[key] / (np.sqrt(self.h[key]) + self.eps)

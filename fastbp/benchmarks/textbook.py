@@ -185,6 +185,11 @@ class TextbookNet:
 # -------------------------------------------------------------- optimizers
 
 
+def _zeros_like(params):
+    """The state an optimizer starts from: a zero array per parameter."""
+    return {key: np.zeros_like(value) for key, value in params.items()}
+
+
 class SGD:
     def __init__(self, lr=0.01):
         self.lr = lr
@@ -200,7 +205,7 @@ class Momentum:
 
     def update(self, params, grads):
         if self.v is None:
-            self.v = {key: np.zeros_like(value) for key, value in params.items()}
+            self.v = _zeros_like(params)
         for key in params:
             self.v[key] = self.momentum * self.v[key] - self.lr * grads[key]
             params[key] += self.v[key]
@@ -213,8 +218,8 @@ class Adam:
 
     def update(self, params, grads):
         if self.m is None:
-            self.m = {key: np.zeros_like(value) for key, value in params.items()}
-            self.v = {key: np.zeros_like(value) for key, value in params.items()}
+            self.m = _zeros_like(params)
+            self.v = _zeros_like(params)
         self.iter += 1
         correction = math.sqrt(1.0 - self.beta2 ** self.iter)
         lr_t = self.lr * correction / (1.0 - self.beta1 ** self.iter)
@@ -225,13 +230,10 @@ class Adam:
             params[key] -= lr_t * self.m[key] / (np.sqrt(self.v[key]) + eps_t)
 
 
-class Nesterov:
-    def __init__(self, lr=0.01, momentum=0.9):
-        self.lr, self.momentum, self.v = lr, momentum, None
-
+class Nesterov(Momentum):
     def update(self, params, grads):
         if self.v is None:
-            self.v = {key: np.zeros_like(value) for key, value in params.items()}
+            self.v = _zeros_like(params)
         for key in params:
             params[key] += self.momentum * self.momentum * self.v[key]
             params[key] -= (1 + self.momentum) * self.lr * grads[key]
@@ -245,7 +247,7 @@ class AdaGrad:
 
     def update(self, params, grads):
         if self.h is None:
-            self.h = {key: np.zeros_like(value) for key, value in params.items()}
+            self.h = _zeros_like(params)
         for key in params:
             self.h[key] += grads[key] * grads[key]
             params[key] -= self.lr * grads[key] / (np.sqrt(self.h[key]) + self.eps)
@@ -257,7 +259,7 @@ class RMSprop:
 
     def update(self, params, grads):
         if self.h is None:
-            self.h = {key: np.zeros_like(value) for key, value in params.items()}
+            self.h = _zeros_like(params)
         for key in params:
             self.h[key] *= self.decay_rate
             self.h[key] += (1 - self.decay_rate) * grads[key] * grads[key]

@@ -417,3 +417,13 @@ class Adam(Optimizer):
 
     def update_rule(self, step):
         return "adam_update", (self.lr, self.beta1, self.beta2, step, self.eps)
+
+    def _check_range(self, where, dtype):
+        """Also refuse an ``eps`` whose bias-corrected value, smallest at step 1
+        (``eps * sqrt(1 - beta2)``), is subnormal: the fused passes read it as 0."""
+        super()._check_range(where, dtype)
+        tiny = _NORMAL_RANGE[dtype][0]
+        if self.eps * (1 - self.beta2) ** 0.5 < tiny:
+            raise ValueError(f"{where}: Adam's eps {self.eps!r} times sqrt(1 - beta2) lies below "
+                             f"{dtype}'s smallest normal number {tiny:.4g}, so it would be 0 in "
+                             "the first updates; nothing was changed")

@@ -306,3 +306,14 @@ def test_settings_beyond_float32s_normal_numbers_are_refused_before_anything_mov
     assert all(not getattr(opt, state) for state in opt.state_names)
     net64 = MultiLayerNet(4, [3], 2, seed=0, backend=backend)  # float64 holds them
     net64.train_step(x, t, make())
+
+
+@pytest.mark.parametrize("dtype, eps", [("float32", 2e-38), ("float64", 1e-307)])
+def test_adam_refuses_an_eps_whose_bias_correction_is_subnormal(dtype, eps):
+    # eps is normal, but eps * sqrt(1 - beta2) at step 1 is not: the fused passes read 0 and
+    # a zero gradient made 0 / (0 + 0) = NaN on numba
+    params = {"W": numpy.ones(4, dtype=dtype)}
+    grads = {"W": numpy.array([0, 0, 1, 1e-3], dtype=dtype)}
+    with pytest.raises(ValueError, match="Adam's eps .* sqrt\\(1 - beta2\\)"):
+        Adam(lr=1e-3, eps=eps).update(params, grads)
+    assert (params["W"] == 1).all()

@@ -47,6 +47,11 @@ class _SharedCount:
 _NORMAL_RANGE = {}
 
 
+def _normal_range(dtype):
+    return _NORMAL_RANGE.get(dtype) or _NORMAL_RANGE.setdefault(
+        dtype, (float(numpy.finfo(dtype).tiny), float(numpy.finfo(dtype).max)))
+
+
 def _positive(owner, argument, value):
     return check_number(type(owner).__name__, argument, value, "> 0", lambda v: v > 0)
 
@@ -236,20 +241,32 @@ class Optimizer:
             self._fits = params
 
     def _check_range(self, where, dtype):
-        """Refuse an ``lr`` or ``eps`` beyond ``dtype``'s normal numbers (checked each step, as
-        a schedule may change them): in float32, 1e39 is inf, and 1e-40 is read as 0 by the
-        fused passes (which treat subnormals as zero), so 0 / (0 + eps) would be NaN."""
-        tiny, largest = _NORMAL_RANGE.get(dtype) or _NORMAL_RANGE.setdefault(
-            dtype, (float(numpy.finfo(dtype).tiny), float(numpy.finfo(dtype).max)))
-        if tiny <= self.lr <= largest and (self.eps is None or tiny <= self.eps <= largest):
+        """Refuse an ``lr`` beyond ``dtype``'s normal numbers, or an ``eps`` below the square
+        root of its smallest normal (checked each step, as a schedule may change them).
+
+        In float32, 1e39 is inf, and the fused passes read 1e-40 as 0 (they treat subnormals
+        as zero, :mod:`fastbp.backends.numba_kernels.fpmode`), so 0 / (0 + eps) would be NaN.
+        A division by ``sqrt(state) + eps`` magnifies what those passes flush (less than the
+        smallest normal, ``tiny``) by up to ``1 / eps``; with ``eps >= sqrt(tiny)`` that stays
+        below ``sqrt(tiny)`` (1e-19 in float32), so the backends cannot disagree by whole steps.
+        """
+        tiny, largest = _normal_range(dtype)
+        eps_floor = tiny ** 0.5
+        if tiny <= self.lr <= largest and (self.eps is None or eps_floor <= self.eps <= largest):
             return
-        for name in ("lr", "eps"):
-            value = getattr(self, name)
-            if value is not None and not tiny <= value <= largest:
-                raise ValueError(f"{where}: {type(self).__name__}'s {name} {value!r} lies outside "
-                                 f"{dtype}'s normal numbers [{tiny:.4g}, {largest:.4g}], so it "
-                                 f"would be {'inf' if value > largest else '0'} in the update; "
-                                 "nothing was changed")
+        if not tiny <= self.lr <= largest:
+            raise ValueError(f"{where}: {type(self).__name__}'s lr {self.lr!r} lies outside "
+                             f"{dtype}'s normal numbers [{tiny:.4g}, {largest:.4g}], so it "
+                             f"would be {'inf' if self.lr > largest else '0'} in the update; "
+                             "nothing was changed")
+        if self.eps > largest:
+            raise ValueError(f"{where}: {type(self).__name__}'s eps {self.eps!r} lies above "
+                             f"{dtype}'s largest number {largest:.4g}, so it would be inf in the "
+                             "update; nothing was changed")
+        raise ValueError(f"{where}: {type(self).__name__}'s eps {self.eps!r} lies below "
+                         f"{eps_floor:.4g}, the square root of {dtype}'s smallest normal number, "
+                         "so dividing by it would magnify numbers that underflow to zero into "
+                         "whole steps; nothing was changed")
 
     def _check_state_fits(self, where, key, shape):
         """Refuse a parameter of another shape than the state held for ``key``."""
@@ -419,11 +436,18 @@ class Adam(Optimizer):
         return "adam_update", (self.lr, self.beta1, self.beta2, step, self.eps)
 
     def _check_range(self, where, dtype):
-        """Also refuse an ``eps`` whose bias-corrected value, smallest at step 1
-        (``eps * sqrt(1 - beta2)``), is subnormal: the fused passes read it as 0."""
+        """Also refuse bias-corrected values at step 1 that the same bounds refuse: an
+        ``eps * sqrt(1 - beta2)`` below ``sqrt(tiny)``, and a step size
+        ``lr * sqrt(1 - beta2) / (1 - beta1)`` below ``tiny`` (the fused passes read it
+        as 0 and would skip the step the reference takes)."""
         super()._check_range(where, dtype)
-        tiny = _NORMAL_RANGE[dtype][0]
-        if self.eps * (1 - self.beta2) ** 0.5 < tiny:
+        tiny = _normal_range(dtype)[0]
+        root = (1 - self.beta2) ** 0.5
+        if self.eps * root < tiny ** 0.5:
             raise ValueError(f"{where}: Adam's eps {self.eps!r} times sqrt(1 - beta2) lies below "
-                             f"{dtype}'s smallest normal number {tiny:.4g}, so it would be 0 in "
-                             "the first updates; nothing was changed")
+                             f"{tiny ** 0.5:.4g}, the square root of {dtype}'s smallest normal "
+                             "number, in the first updates; nothing was changed")
+        if self.lr * root / (1 - self.beta1) < tiny:
+            raise ValueError(f"{where}: Adam's lr {self.lr!r} times sqrt(1 - beta2) / (1 - beta1) "
+                             f"lies below {dtype}'s smallest normal number {tiny:.4g}, so the "
+                             "first updates would be 0; nothing was changed")

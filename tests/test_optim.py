@@ -285,18 +285,21 @@ def test_grads_that_are_not_arrays_are_named(backend, cls):
     _assert_same(params, before)
 
 
-@pytest.mark.parametrize("make, name, value, becomes", [
-    (lambda: Adam(eps=1e-40), "eps", "1e-40", "0"), (lambda: AdaGrad(eps=1e-40), "eps", "1e-40", "0"),
-    (lambda: SGD(lr=1e39), "lr", r"1e\+39", "inf"), (lambda: Momentum(lr=1e-40), "lr", "1e-40", "0")])
-def test_settings_beyond_float32s_normal_numbers_are_refused_before_anything_moves(
-        backend, make, name, value, becomes):
-    """1e39 is inf in float32, and the fused passes read 1e-40 as 0 (0 / (0 + eps) is NaN)."""
+@pytest.mark.parametrize("make, message", [
+    (lambda: Adam(eps=1e-20), r"eps 1e-20 lies below 1.084e-19, the square root of float32's "
+                              r"smallest normal number, so dividing by it would magnify"),
+    (lambda: AdaGrad(eps=1e-40), r"eps 1e-40 lies below 1.084e-19"),
+    (lambda: RMSprop(eps=1e-39), r"eps 1e-39 lies below 1.084e-19"),
+    (lambda: SGD(lr=1e39), r"lr 1e\+39 lies outside float32's normal numbers .* would be inf"),
+    (lambda: Momentum(lr=1e-40), r"lr 1e-40 lies outside float32's normal numbers .* would be 0")])
+def test_settings_beyond_float32s_range_are_refused_before_anything_moves(backend, make, message):
+    """1e39 is inf in float32, the fused passes read 1e-40 as 0 (0 / (0 + eps) is NaN), and an
+    eps below sqrt(tiny) would magnify what they flush into whole steps."""
     from fastbp.nets import MultiLayerNet
 
     net = MultiLayerNet(4, [3], 2, seed=0, backend=backend, dtype="float32")
     before, opt = _snapshot(net.params), make()
     x, t = numpy.ones((2, 4)), numpy.array([0, 1])
-    message = rf"{name} {value} lies outside float32's normal numbers .* would be {becomes}"
     with pytest.raises(ValueError, match=rf"MultiLayerNet.train_step: {type(opt).__name__}'s "
                                          + message):
         net.train_step(x, t, opt)
@@ -308,12 +311,24 @@ def test_settings_beyond_float32s_normal_numbers_are_refused_before_anything_mov
     net64.train_step(x, t, make())
 
 
-@pytest.mark.parametrize("dtype, eps", [("float32", 2e-38), ("float64", 1e-307)])
-def test_adam_refuses_an_eps_whose_bias_correction_is_subnormal(dtype, eps):
-    # eps is normal, but eps * sqrt(1 - beta2) at step 1 is not: the fused passes read 0 and
-    # a zero gradient made 0 / (0 + 0) = NaN on numba
+@pytest.mark.parametrize("dtype, eps", [("float32", 2e-19), ("float64", 2e-154)])
+def test_adam_refuses_an_eps_whose_bias_correction_is_below_the_floor(dtype, eps):
+    # eps passes the floor sqrt(tiny), but eps * sqrt(1 - beta2) at step 1 does not
     params = {"W": numpy.ones(4, dtype=dtype)}
     grads = {"W": numpy.array([0, 0, 1, 1e-3], dtype=dtype)}
-    with pytest.raises(ValueError, match="Adam's eps .* sqrt\\(1 - beta2\\)"):
+    Adam(lr=1e-3, eps=eps, beta2=0.0).update({"W": params["W"].copy()}, grads)  # no correction
+    with pytest.raises(ValueError, match=r"Adam's eps .* times sqrt\(1 - beta2\) lies below"):
         Adam(lr=1e-3, eps=eps).update(params, grads)
+    assert (params["W"] == 1).all()
+
+
+@pytest.mark.parametrize("dtype, lr", [("float32", 2e-38), ("float64", 3e-308)])
+def test_adam_refuses_an_lr_whose_bias_corrected_step_size_is_subnormal(dtype, lr):
+    # lr is normal, lr * sqrt(1 - beta2) / (1 - beta1) at step 1 is not: numba read it as 0
+    # and skipped the step the reference takes
+    params = {"W": numpy.ones(4, dtype=dtype)}
+    grads = {"W": numpy.array([0, 0, 1, 1e-3], dtype=dtype)}
+    with pytest.raises(ValueError, match=r"Adam's lr .* sqrt\(1 - beta2\) / \(1 - beta1\) "
+                                         r"lies below .* smallest normal"):
+        Adam(lr=lr).update(params, grads)
     assert (params["W"] == 1).all()

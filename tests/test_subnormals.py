@@ -2,9 +2,9 @@
 
 import numpy
 import pytest
-from conftest import host
+from conftest import PARITY_RTOL, host
 
-from fastbp.optim import AdaGrad, Adam, Momentum, Nesterov, RMSprop
+from fastbp.optim import SGD, AdaGrad, Adam, Momentum, Nesterov, RMSprop
 
 #: per dtype, a gradient whose state starts a few dozen decays above the subnormals
 START = {"float64": 1e-300, "float32": 1e-36}
@@ -58,3 +58,67 @@ def test_softmax_probabilities_are_flushed(backend, dtype):
     assert not _subnormal(p).any()
     assert p[0, 1] == 0 and p[1, 0] == 0 and p[1, 2] > 0
     assert numpy.isfinite(float(loss))
+
+
+#: magnitudes around the subnormals: below tiny, at it, squares below it, and ordinary values
+def _near_subnormals(tiny):
+    root = tiny ** 0.5
+    return numpy.array([0, 0, 0, tiny / 7, tiny, 1.3 * tiny, 0.7 * root, 1.2 * root, 1e-3, 0.5])
+
+
+_RULES_WITHOUT_EPS = {
+    "SGD": lambda eps: SGD(lr=1.0),
+    "Momentum": lambda eps: Momentum(lr=1.0, momentum=0.5),
+    "Nesterov": lambda eps: Nesterov(lr=1.0, momentum=0.5),
+}
+#: the rules that divide by sqrt(state) + eps, with eps at step 1 as a multiple of their eps
+_DIVIDING_RULES = {
+    "AdaGrad": (lambda eps: AdaGrad(lr=0.1, **eps), 1.0),
+    "RMSprop": (lambda eps: RMSprop(lr=0.1, decay_rate=0.5, **eps), 1.0),
+    "Adam": (lambda eps: Adam(lr=0.1, beta1=0.5, beta2=0.9, **eps), 0.1 ** 0.5),
+}
+
+
+@pytest.mark.parametrize("make, eps_floor, eps_scale", [
+    *(pytest.param(make, None, None, id=name) for name, make in _RULES_WITHOUT_EPS.items()),
+    *(pytest.param(make, floor, scale, id=f"{name}-{label}")
+      for name, (make, floor) in _DIVIDING_RULES.items()
+      for scale, label in ((None, "default-eps"), (8.0, "eps-8-sqrt-tiny")))])
+def test_near_the_subnormals_backends_differ_only_within_the_documented_bound(
+        accelerated, reference, dtype, make, eps_floor, eps_scale):
+    """The fused passes treat subnormals as zero, the reference flushes stored state only
+    (fpmode.py): state may differ by a few ``tiny``, a step by ``tiny / eps`` and by a
+    relative ``sqrt(tiny) / eps`` through the denominator, and nothing more."""
+    tiny = float(numpy.finfo(dtype).tiny)
+    kwargs = {} if eps_scale is None else {"eps": eps_scale * tiny ** 0.5}
+    ours, theirs = make(kwargs), make(kwargs)
+    rng = numpy.random.default_rng(0)
+    values = _near_subnormals(tiny)
+
+    def draw():
+        return rng.choice(values, 400) * rng.choice([-1, 1], 400)
+
+    p0 = draw().astype(dtype)
+    mine, ref = {"W": accelerated.asarray(p0, dtype=dtype)}, {"W": p0.copy()}
+    moved, previous = numpy.zeros(p0.shape), p0.astype("float64")
+    for k in range(1, 5):
+        g = draw()
+        ours.update(mine, {"W": accelerated.asarray(g, dtype=dtype)}, backend=accelerated)
+        theirs.update(ref, {"W": g.astype(dtype)}, backend=reference)
+        expected = ref["W"].astype("float64")
+        moved += abs(expected - previous)
+        previous = expected
+        lost = 4 * k * k * tiny * max(1.0, ours.lr)  # what flushing can lose by step k
+        state_tol = lost
+        if eps_floor is None:
+            param_tol = lost
+        else:
+            eps = ours.eps * eps_floor
+            param_tol = lost * (1 + 1 / eps) + moved * (4 * k * tiny) ** 0.5 / eps
+        rtol = PARITY_RTOL[dtype]
+        for name in ours.state_names:
+            a, b = host(getattr(ours, name)["W"]), getattr(theirs, name)["W"]
+            assert (abs(a - b) <= rtol * abs(b) + state_tol).all(), f"{name} at step {k}"
+        a = host(mine["W"]).astype("float64")
+        excess = abs(a - expected) - (rtol * (abs(expected) + moved) + param_tol)
+        assert (excess <= 0).all(), f"W at step {k}: {excess.max():.3g} beyond the bound"

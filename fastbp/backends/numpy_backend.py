@@ -186,7 +186,8 @@ class NumpyBackend:
         A state decaying geometrically towards zero sticks at the smallest
         subnormals in round-to-nearest, and arithmetic on subnormals makes
         every later update many times slower.  Every backend applies this
-        same rule inside its fused passes, so results agree exactly.
+        same rule inside its fused passes; numba's also treat subnormal
+        intermediates as zero, with the bounded differences fpmode.py states.
         """
         self.xp.copyto(a, 0, where=abs(a) < numpy.finfo(a.dtype).tiny)
 

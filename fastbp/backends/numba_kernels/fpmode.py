@@ -9,10 +9,20 @@ intermediates (``beta1 * m``, ``grad * grad``) still are.  ``flush_on`` sets
 the FTZ and DAZ bits of the MXCSR register, which make the hardware treat
 subnormals as zero, and returns the previous register for ``restore``; a
 kernel calls the pair around its own loops only, so neither BLAS nor the
-user's code runs in the changed mode.  Results differ from the reference by
-those subnormal intermediates alone (below 1e-38 in float32, 1e-308 in
-float64).  On other processors, and under ``NUMBA_DISABLE_JIT``, both are
-no-ops.
+user's code runs in the changed mode.  On other processors, and under
+``NUMBA_DISABLE_JIT``, both are no-ops.
+
+The reference computes with subnormals and flushes only the state it
+stores, so where a subnormal number takes part in an update (a parameter,
+a gradient or an intermediate) the two differ: the state by a few ``tiny``
+(the dtype's smallest normal), and a step by what was flushed, at most a
+few ``tiny``, magnified by a division by ``sqrt(state) + eps`` up to
+``1 / eps``, and by a relative ``sqrt(tiny) / eps`` when that state is
+within a few ``tiny`` of zero on one side and not the other.  The
+optimizers refuse an ``eps`` below ``sqrt(tiny)`` (``Optimizer._check_range``),
+so the first stays below ``sqrt(tiny)``; the second is below rounding for
+``eps`` above about 1e-12 in float32 and 1e-138 in float64.  Elsewhere the
+results are the reference's exactly (tests/test_subnormals.py checks both).
 """
 
 from __future__ import annotations

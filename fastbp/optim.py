@@ -43,13 +43,15 @@ class _SharedCount:
     state: list
 
 
-#: dtype -> (smallest normal, largest finite), as Python floats
+#: dtype -> (smallest normal ``tiny``, the smallest eps ``sqrt(tiny)``, largest finite)
 _NORMAL_RANGE = {}
 
 
 def _normal_range(dtype):
-    return _NORMAL_RANGE.get(dtype) or _NORMAL_RANGE.setdefault(
-        dtype, (float(numpy.finfo(dtype).tiny), float(numpy.finfo(dtype).max)))
+    if dtype not in _NORMAL_RANGE:
+        tiny = float(numpy.finfo(dtype).tiny)
+        _NORMAL_RANGE[dtype] = tiny, tiny ** 0.5, float(numpy.finfo(dtype).max)
+    return _NORMAL_RANGE[dtype]
 
 
 def _positive(owner, argument, value):
@@ -250,8 +252,7 @@ class Optimizer:
         smallest normal, ``tiny``) by up to ``1 / eps``; with ``eps >= sqrt(tiny)`` that stays
         below ``sqrt(tiny)`` (1e-19 in float32), so the backends cannot disagree by whole steps.
         """
-        tiny, largest = _normal_range(dtype)
-        eps_floor = tiny ** 0.5
+        tiny, eps_floor, largest = _normal_range(dtype)
         if tiny <= self.lr <= largest and (self.eps is None or eps_floor <= self.eps <= largest):
             return
         if not tiny <= self.lr <= largest:
@@ -441,11 +442,11 @@ class Adam(Optimizer):
         ``lr * sqrt(1 - beta2) / (1 - beta1)`` below ``tiny`` (the fused passes read it
         as 0 and would skip the step the reference takes)."""
         super()._check_range(where, dtype)
-        tiny = _normal_range(dtype)[0]
+        tiny, eps_floor, _ = _normal_range(dtype)
         root = (1 - self.beta2) ** 0.5
-        if self.eps * root < tiny ** 0.5:
+        if self.eps * root < eps_floor:
             raise ValueError(f"{where}: Adam's eps {self.eps!r} times sqrt(1 - beta2) lies below "
-                             f"{tiny ** 0.5:.4g}, the square root of {dtype}'s smallest normal "
+                             f"{eps_floor:.4g}, the square root of {dtype}'s smallest normal "
                              "number, in the first updates; nothing was changed")
         if self.lr * root / (1 - self.beta1) < tiny:
             raise ValueError(f"{where}: Adam's lr {self.lr!r} times sqrt(1 - beta2) / (1 - beta1) "

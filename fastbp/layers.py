@@ -224,8 +224,13 @@ class Dropout:
         if not (self.fixed_mask and self.mask is not None and self.mask.shape == x.shape):
             keep = self.rng.random(x.shape) >= self.dropout_ratio
             self.mask = keep.astype(x.dtype if x.dtype.kind == "f" else "float64")
-            self.mask *= 1 / (1 - self.dropout_ratio)
+            self.mask *= self.scale
         return x * self.mask
+
+    @property
+    def scale(self) -> float:
+        """What a kept unit is multiplied by: ``1 / (1 - dropout_ratio)``."""
+        return 1 / (1 - self.dropout_ratio)
 
     def backward(self, dout):
         """Through the mask of a training forward; the identity after an inference one."""

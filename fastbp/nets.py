@@ -209,8 +209,7 @@ class MultiLayerNet:
         self.last_layer = SoftmaxWithLoss(be)
         self._hidden = [(self.layers.get(f"BatchNorm{i}"), self.layers.get(f"Dropout{i}"))
                         for i in range(1, self.n_layers)]
-        #: a backend may run the whole step as one call (no dropout masks to draw)
-        self._fusable = not self.use_dropout
+        self._masks = None  # the Dropout layers' masks when a backend's one-call step draws them
         self._sizes = numpy.array([self.input_size, *self.hidden_size_list, self.output_size],
                                   dtype=numpy.int64)
         self._link()
@@ -274,6 +273,29 @@ class MultiLayerNet:
             return (self.buffers.flat, self.batchnorm_momentum, self.batchnorm_eps)
         except ValueError:
             return False
+
+    def _dropout_step(self, batch):
+        """What a backend's one-call step needs of the Dropout layers: ``(generators, ratio,
+        scale, masks)``, ``masks`` one flat array of the net's for this batch size (each layer's
+        ``(batch, width)`` in turn), which the step fills and the layers then keep views of;
+        False when a layer's mask is fixed or the layers' ratios differ (the layered step then
+        runs, which honours both)."""
+        layers = [dropout for _, dropout in self._hidden]
+        ratios = {layer.dropout_ratio for layer in layers}
+        if len(ratios) > 1 or any(layer.fixed_mask for layer in layers):
+            return False
+        if self._masks is None or self._masks[1][0].shape[0] != batch:
+            flat = self.backend.xp.empty(batch * sum(self.hidden_size_list), self.dtype)
+            bounds = numpy.cumsum([0, *self.hidden_size_list]) * batch
+            self._masks = flat, [flat[a:b].reshape(batch, -1) for a, b in zip(bounds, bounds[1:])]
+        return tuple(layer.rng for layer in layers), ratios.pop(), layers[0].scale, self._masks[0]
+
+    def _keep_masks(self, dropout):
+        """After a one-call step drew ``dropout``'s masks: the layers hold them, as after their
+        own training forward."""
+        if dropout:
+            for (_, layer), mask in zip(self._hidden, self._masks[1]):
+                layer.mask, layer.train_flg = mask, True
 
     def __setstate__(self, state):
         """A copy (``copy.deepcopy``, pickle) holds its layers' arrays as copies of their own;
@@ -418,26 +440,30 @@ class MultiLayerNet:
         params = self._params
         optimizer.check_fits(params, self)
         x, t = self._prepare(x, t, where="train_step", check_labels=check_labels)
-        batchnorm = None
+        batchnorm = dropout = None
         if self.use_batchnorm:
             if x.shape[0] < 2:
                 raise ValueError(f"{type(self).__name__}.train_step: a net with BatchNorm trains "
                                  "on batches of at least 2 samples (one sample normalises to 0), "
                                  f"received shape {tuple(x.shape)}")
             batchnorm = self._batchnorm_step()
-        whole = self._fusable and self.gradient_hook is None and batchnorm is not False
+        if self.use_dropout:
+            dropout = self._dropout_step(x.shape[0])
+        whole = self.gradient_hook is None and batchnorm is not False and dropout is not False
         rule = optimizer.flat_rule(params, self.backend) if whole else None
         if rule is not None:
             loss = self.backend.whole_step(x, t, self._W, self._b, self._sizes, params.flat,
                                            self.grads.flat, self.activation,
                                            self.weight_decay_lambda, rule, check_finite,
-                                           batchnorm)
+                                           batchnorm, dropout)
             if loss is not None:  # the backend ran the whole step as one call, x checked
                 if check_finite and not math.isfinite(loss):  # and updated nothing
                     where = f"{type(self).__name__}.train_step"
-                    if not self.backend.all_finite(x):
+                    if not self.backend.all_finite(x):  # refused before drawing any mask
                         raise NonFiniteInputError(where)
+                    self._keep_masks(dropout)
                     raise NonFiniteLossError(where, loss)
+                self._keep_masks(dropout)
                 optimizer.count_flat(params)
                 return loss
         if check_finite and not self.backend.all_finite(x):

@@ -86,7 +86,8 @@ def test_every_product_of_a_step_goes_through_one_gemm(monkeypatch):
     ((784, 256, 256, 10), 128, "momentum", {}, False),  # folds into the products instead
     ((784, 100, 100, 10), 100, "sgd", {}, False),       # folds: one product per weight
     ((784, 256, 256, 10), 128, "sgd", {"use_batchnorm": True}, True),  # BatchNorm: the kernel
-    ((64, 100, 100, 10), 32, "adam", {"use_dropout": True}, False),  # dropout: composed
+    ((64, 100, 100, 10), 32, "adam", {"use_dropout": True}, True),  # dropout: the kernel too
+    ((784, 100, 100, 10), 100, "sgd", {"use_dropout": True}, False),  # where SGD folds: composed
 ])
 def test_which_path_a_step_takes(monkeypatch, sizes, batch, optimizer, options, kernel):
     from fastbp.optim import Adam, Momentum
@@ -98,6 +99,95 @@ def test_which_path_a_step_takes(monkeypatch, sizes, batch, optimizer, options, 
     net = MultiLayerNet(sizes[0], list(sizes[1:-1]), sizes[-1], seed=0, backend="numba", **options)
     net.train_step(x, t, {"adam": Adam, "momentum": Momentum, "sgd": SGD}[optimizer]())
     assert len(ran) == kernel
+
+
+def _dropout_nets(dtype, **options):
+    """A numba net and its NumPy reference, seeded alike: the same weights and mask generators."""
+    return [MultiLayerNet(6, [7, 5], 3, use_dropout=True, dropout_ratio=0.3, weight_decay_lambda=0.1,
+                          seed=3, backend=b, dtype=dtype, **options) for b in ("numba", "numpy")]
+
+
+def _assert_dropout_nets_agree(nets, dtype, what, noise=()):
+    ours, ref = nets
+    for key in ref.params:
+        if key not in noise:
+            assert_close(ours.params[key], ref.params[key], dtype, f"{key} {what}")
+    for i in (1, 2):  # the masks the step used, kept by the layers as their own forward keeps them
+        numpy.testing.assert_array_equal(ours.layers[f"Dropout{i}"].mask,
+                                         ref.layers[f"Dropout{i}"].mask, err_msg=f"mask {i} {what}")
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("activation, use_batchnorm", [("relu", False), ("sigmoid", False),
+                                                       ("relu", True), ("sigmoid", True)])
+def test_dropout_steps_run_as_one_call_and_agree_with_the_reference(monkeypatch, dtype, optimizer,
+                                                                    activation, use_batchnorm):
+    """The kernel draws its masks from the layers' generators as ``Dropout.forward`` does, so the
+    masks are the reference's to the bit and the training follows it, batch size changing."""
+    from fastbp.optim import Adam, Momentum
+
+    ran = []
+    real = whole.mlp_gradient
+    monkeypatch.setattr(whole, "mlp_gradient", lambda *a: ran.append(1) or real(*a))
+    nets = _dropout_nets(dtype, activation=activation, use_batchnorm=use_batchnorm)
+    make = {"sgd": lambda: SGD(0.1), "momentum": lambda: Momentum(0.05), "adam": lambda: Adam(0.01)}
+    optimizers = [make[optimizer]() for _ in nets]
+    # the biases before a BatchNorm have a true gradient of 0: rounding noise, left out
+    noise = ("b1", "b2") if use_batchnorm else ()
+    for step, batch in enumerate((10, 10, 4)):
+        x, t = _problem((6, 7, 5, 3), batch, dtype, False, seed=step)
+        losses = [net.train_step(x, t, opt) for net, opt in zip(nets, optimizers)]
+        assert_close(losses[0], losses[1], dtype, f"loss {step + 1}")
+        _assert_dropout_nets_agree(nets, dtype, f"after step {step + 1}", noise)
+    assert len(ran) == 3
+    # in training mode: the running means follow the noisy biases, the batch statistics do not
+    x, _ = _problem((6, 7, 5, 3), 8, dtype, False, seed=9)
+    assert_close(nets[0].predict(x, train_flg=True), nets[1].predict(x, train_flg=True), dtype,
+                 "predict")
+
+
+def test_a_refused_batch_draws_no_dropout_mask(dtype):
+    """The NaN/inf test comes before the draws, as in the layered step: the refused batch
+    leaves the generators where they were, and the next step's masks are the reference's."""
+    from fastbp.nets import NonFiniteInputError
+    from fastbp.optim import Adam
+
+    nets, optimizers = _dropout_nets(dtype), [Adam(0.01), Adam(0.01)]
+    x, t = _problem((6, 7, 5, 3), 10, dtype, False)
+    bad = x.copy()
+    bad[4, 2] = numpy.nan
+    for net, opt in zip(nets, optimizers):
+        state = net.layers["Dropout1"].rng.bit_generator.state
+        with pytest.raises(NonFiniteInputError):
+            net.train_step(bad, t, opt)
+        assert net.layers["Dropout1"].rng.bit_generator.state == state
+        net.train_step(x, t, opt)
+    _assert_dropout_nets_agree(nets, dtype, "after a refused batch")
+
+
+@pytest.mark.parametrize("case", ["fixed masks", "ratios differ"])
+def test_dropout_the_kernel_cannot_honour_takes_the_layered_step(monkeypatch, dtype, case):
+    """Fixed masks (``repeatable_training_passes``) and layers given different ratios: the
+    layered step runs, which honours both, and the step still follows the reference."""
+    from fastbp.optim import Adam
+
+    ran = []
+    real = whole.mlp_gradient
+    monkeypatch.setattr(whole, "mlp_gradient", lambda *a: ran.append(1) or real(*a))
+    nets, optimizers = _dropout_nets(dtype), [Adam(0.01), Adam(0.01)]
+    x, t = _problem((6, 7, 5, 3), 10, dtype, False)
+    for net, opt in zip(nets, optimizers):
+        if case == "fixed masks":
+            with net.repeatable_training_passes():
+                net.train_step(x, t, opt)
+                first = net.layers["Dropout1"].mask.copy()
+                net.train_step(x, t, opt)
+                numpy.testing.assert_array_equal(net.layers["Dropout1"].mask, first)
+        else:
+            net.layers["Dropout2"].dropout_ratio = 0.6
+            net.train_step(x, t, opt)
+    assert not ran
+    _assert_dropout_nets_agree(nets, dtype, case)
 
 
 def test_layer_products_also_use_the_one_gemm(monkeypatch):

@@ -103,7 +103,7 @@ class NumbaBackend(NumpyBackend):
     name = "numba"
 
     def __init__(self):
-        self._scratches = {}  # dtype -> the gradient kernel's scratch, grown as needed
+        self._scratches = {}  # (purpose, dtype) -> the gradient kernel's scratch, grown as needed
 
     def info(self) -> dict:
         cache = os.environ.get("NUMBA_CACHE_DIR") or "(next to the fastbp sources, __pycache__)"
@@ -266,12 +266,12 @@ class NumbaBackend(NumpyBackend):
             super().apply_velocity(param, velocity, decay)
 
     def whole_step(self, x, t, weights, biases, sizes, params, grads, activation, decay, rule,
-                   check_finite, batchnorm=None):
+                   check_finite, batchnorm=None, dropout=None):
         """Compiled calls where they pay: the tiny-net SGD kernel, or the gradient kernel
         (:mod:`~fastbp.backends.numba_kernels.whole`) and one fused update pass, for small
-        nets, BatchNorm nets and the updates that cannot fold into a product."""
+        nets, BatchNorm and dropout nets and the updates that cannot fold into a product."""
         name, hyper, state = rule
-        if name == "sgd_update" and not decay and batchnorm is None:
+        if name == "sgd_update" and not decay and batchnorm is None and dropout is None:
             loss = self._tiny_sgd_step(x, t, weights, biases, params, activation, hyper[0],
                                        check_finite)
             if loss is not None:
@@ -281,21 +281,39 @@ class NumbaBackend(NumpyBackend):
         if batchnorm is None and x.shape[0] * params.size > _FOLD_ABOVE.get(name, math.inf):
             return None  # the step's own path folds this update into the products
         running, momentum, eps = batchnorm or (None, 0.0, 0.0)
+        uniforms, ratio, scale, masks = None, 0.0, 1.0, None
+        if dropout is not None:
+            if check_finite and not self.all_finite(x):
+                return x.dtype.type(math.nan)  # refused before drawing, as the layered step
+            generators, ratio, scale, masks = dropout
+            uniforms = self._draws(generators, x.shape[0], sizes[1:-1].tolist())
         kernel, constants = _kernel_update(name, hyper, x.dtype)
-        work = self._scratch(x.dtype, whole.work_size(x.shape[0], sizes, batchnorm is not None))
+        work = self._scratch(x.dtype, whole.work_size(x.shape[0], sizes, batchnorm is not None,
+                                                      dropout is not None))
         loss = x.dtype.type(whole.mlp_gradient(
             x, t, sizes, params, grads, _ACTIVATIONS[activation], float(decay), work,
-            check_finite, running, float(momentum), float(eps)))
+            check_finite, running, float(momentum), float(eps), uniforms, float(ratio),
+            float(scale), masks))
         if not check_finite or math.isfinite(loss):
             kernel(params, grads, *state, constants)
         return loss
 
-    def _scratch(self, dtype, size):
+    def _scratch(self, dtype, size, purpose="work"):
         """At least ``size`` elements of ``dtype``, the same memory step after step."""
-        held = self._scratches.get(dtype)
+        held = self._scratches.get((purpose, dtype))
         if held is None or held.size < size:
-            held = self._scratches[dtype] = np.empty(size, dtype=dtype)
+            held = self._scratches[(purpose, dtype)] = np.empty(size, dtype=dtype)
         return held
+
+    def _draws(self, generators, batch, widths):
+        """Each dropout layer's uniform draws for ``batch`` samples, layer after layer: what
+        ``Dropout.forward`` draws (``rng.random((batch, width))``), from the same generators."""
+        size = batch * sum(widths)
+        uniforms, at = self._scratch(np.float64, size, "uniforms")[:size], 0
+        for generator, width in zip(generators, widths):
+            generator.random(out=uniforms[at:at + batch * width])
+            at += batch * width
+        return uniforms
 
     @staticmethod
     def _tiny_sgd_step(x, t, weights, biases, params, activation, lr, check_finite):

@@ -304,9 +304,9 @@ class NumpyBackend:
         param += velocity
 
     def whole_step(self, x, t, weights, biases, sizes, params, grads, activation, decay, rule,
-                   check_finite, batchnorm=None):
-        """The whole step of a net without dropout as one call, where a backend has one; None
-        means "not here", and the net composes the blocks instead.
+                   check_finite, batchnorm=None, dropout=None):
+        """The whole step of a net as one call, where a backend has one; None means "not
+        here", and the net composes the blocks instead.
 
         The contract is ``train_step``'s: ``weights``/``biases`` are views of the
         flat ``params``, ``sizes`` the layer widths (input first, an int64
@@ -314,9 +314,14 @@ class NumpyBackend:
         weight-decay lambda, ``rule`` is the optimizer's ``flat_rule``;
         ``batchnorm`` is None, or for a BatchNorm after every hidden Affine
         ``(running, momentum, eps)`` with ``running`` the flat running
-        statistics (``gamma``/``beta`` follow each hidden ``b`` in ``params``).
+        statistics (``gamma``/``beta`` follow each hidden ``b`` in ``params``);
+        ``dropout`` is None, or for a Dropout after every hidden activation
+        ``(generators, ratio, scale, masks)``: each layer's generator, to draw
+        from as ``Dropout.forward`` does, the layers' ratio and scale, and one
+        flat array to fill with the masks (each layer's ``(batch, width)`` in turn).
         Returns the loss; with ``check_finite`` a NaN or inf in ``x`` or in the
         loss updates nothing (running statistics included) and the loss
-        returned is then not finite (the net tells the two apart).
+        returned is then not finite (the net tells the two apart); a NaN or
+        inf in ``x`` is found before any mask is drawn.
         """
         return None

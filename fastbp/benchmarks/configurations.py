@@ -49,7 +49,9 @@ TARGETS = {
 #: the other optimizers, timed at the 784-100-100-10 net without targets
 OTHER_OPTIMIZERS = [Config((784, 100, 100, 10), 100, name, lr, init="he", pool=POOL)
                     for name, lr in (("nesterov", 0.01), ("adagrad", 0.01), ("rmsprop", 0.001))]
-CONFIGS = {"full": [*TARGETS, *OTHER_OPTIMIZERS]}
+#: dropout, timed at the 784-100-100-10 net without targets (each contender draws its own masks)
+DROPOUT = [Config((784, 100, 100, 10), 100, "adam", 0.001, init="he", pool=POOL, dropout=0.5)]
+CONFIGS = {"full": [*TARGETS, *OTHER_OPTIMIZERS, *DROPOUT]}
 CONFIGS["quick"] = [c for c in CONFIGS["full"] if c.sizes != (784, 1024, 1024, 10)]
 CONTENDERS = ("textbook", "fastbp-numpy", "fastbp-numba", "torch", "floor")
 CPU_BACKENDS = ("numpy", "numba")

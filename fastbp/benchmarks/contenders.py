@@ -51,7 +51,8 @@ class Config(NamedTuple):
     ``weight_init_std`` (a number or "he"); weight decay adds ``lambda * W``
     to each weight gradient (PyTorch's ``weight_decay``, on the weights only);
     ``pool`` distinct seeded batches are cycled, so no step sees the batch of
-    the step before unless the pool holds one.
+    the step before unless the pool holds one; ``dropout`` is the ratio of a
+    dropout after every hidden activation (None: no dropout layers).
     """
 
     sizes: tuple
@@ -62,6 +63,7 @@ class Config(NamedTuple):
     batchnorm: bool = False
     init: float | str = 0.01
     pool: int = 1
+    dropout: float | None = None
 
     @property
     def label(self) -> str:
@@ -70,6 +72,8 @@ class Config(NamedTuple):
             extras.append(f"weight decay {self.weight_decay:g}")
         if self.batchnorm:
             extras.append("BatchNorm")
+        if self.dropout is not None:
+            extras.append(f"dropout {self.dropout:g}")
         return f"{'-'.join(map(str, self.sizes))} {' + '.join(extras)}, B={self.batch}"
 
     @property
@@ -136,6 +140,8 @@ class Problem:
         c = self.config
         return MultiLayerNet(c.sizes[0], list(c.sizes[1:-1]), c.sizes[-1], weight_init_std=c.init,
                              weight_decay_lambda=c.weight_decay, use_batchnorm=c.batchnorm,
+                             use_dropout=c.dropout is not None,
+                             dropout_ratio=0.5 if c.dropout is None else c.dropout,
                              seed=self.seed, backend=backend, dtype=self.dtype)
 
     def net(self, backend) -> MultiLayerNet:
@@ -153,7 +159,8 @@ def cycling(items):
 
 # ------------------------------------------------------------------ makers
 def textbook(problem: Problem) -> Contender:
-    net = TextbookNet(problem.params, weight_decay_lambda=problem.config.weight_decay)
+    net = TextbookNet(problem.params, weight_decay_lambda=problem.config.weight_decay,
+                      dropout_ratio=problem.config.dropout, seed=problem.seed)
     opt, batch = problem.config.optimizer_from(textbook_code), cycling(problem.batches)
     return _warm(Contender("textbook", lambda: net.train_step(*batch(), opt),
                            params=lambda: dict(net.params)))
@@ -205,6 +212,8 @@ def torch_net(torch, problem: Problem, device: str):
                 modules.append(torch.nn.BatchNorm1d(n_out, eps=BATCHNORM_EPS))
                 named[f"gamma{i}"], named[f"beta{i}"] = modules[-1].weight, modules[-1].bias
             modules.append(torch.nn.ReLU())
+            if c.dropout is not None:
+                modules.append(torch.nn.Dropout(c.dropout))
     model = torch.nn.Sequential(*modules).to(device, dtype)
     with torch.no_grad():  # torch keeps W transposed: (out, in)
         for key, tensor in named.items():

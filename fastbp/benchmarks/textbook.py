@@ -55,6 +55,23 @@ class Affine:
         return dx
 
 
+class Dropout:
+    """The book's: drops ``dropout_ratio`` of the units in training, unscaled, and scales by
+    what it keeps at inference; a seeded generator where the book calls ``np.random.rand``."""
+
+    def __init__(self, dropout_ratio, rng):
+        self.dropout_ratio, self.rng = dropout_ratio, rng
+
+    def forward(self, x, train_flg=True):
+        if train_flg:
+            self.mask = self.rng.random(x.shape) > self.dropout_ratio
+            return x * self.mask
+        return x * (1.0 - self.dropout_ratio)
+
+    def backward(self, dout):
+        return dout * self.mask
+
+
 class BatchNormalization:
     """The book's BatchNorm; ``eps`` is its ``10e-7`` (that is 1e-6)."""
 
@@ -122,18 +139,20 @@ class SoftmaxWithLoss:
 
 
 class TextbookNet:
-    """Affine -> [BatchNorm] -> Relu -> ... -> Affine -> SoftmaxWithLoss on copies of ``params``.
+    """Affine -> [BatchNorm] -> Relu -> [Dropout] -> ... -> Affine -> SoftmaxWithLoss on copies of
+    ``params``.
 
     The depth comes from the keys ``W1 ... WL``; BatchNorm follows every hidden
-    Affine when ``params`` holds ``gamma1`` (``gamma{i}``, ``beta{i}``).  The
-    layers share the arrays of ``self.params``, which the optimizers update in
-    place.
+    Affine when ``params`` holds ``gamma1`` (``gamma{i}``, ``beta{i}``), and a
+    Dropout every hidden Relu when ``dropout_ratio`` is given.  The layers share
+    the arrays of ``self.params``, which the optimizers update in place.
     """
 
-    def __init__(self, params, weight_decay_lambda=0.0):
+    def __init__(self, params, weight_decay_lambda=0.0, dropout_ratio=None, seed=0):
         self.params = {key: np.array(value) for key, value in params.items()}
         self.weight_decay_lambda = weight_decay_lambda
         p, self.n_layers = self.params, sum(1 for key in params if key.startswith("W"))
+        rng = np.random.default_rng(seed)
         self.layers = {}
         for i in range(1, self.n_layers + 1):
             self.layers[f"Affine{i}"] = Affine(p[f"W{i}"], p[f"b{i}"])
@@ -141,11 +160,14 @@ class TextbookNet:
                 if f"gamma{i}" in p:
                     self.layers[f"BatchNorm{i}"] = BatchNormalization(p[f"gamma{i}"], p[f"beta{i}"])
                 self.layers[f"Relu{i}"] = Relu()
+                if dropout_ratio is not None:
+                    self.layers[f"Dropout{i}"] = Dropout(dropout_ratio, rng)
         self.last_layer = SoftmaxWithLoss()
 
     def predict(self, x, train_flg=False):
         for key, layer in self.layers.items():
-            x = layer.forward(x, train_flg) if key.startswith("BatchNorm") else layer.forward(x)
+            x = (layer.forward(x, train_flg) if key.startswith(("BatchNorm", "Dropout"))
+                 else layer.forward(x))
         return x
 
     def loss(self, x, t, train_flg=False):

@@ -1,15 +1,16 @@
-"""The forward and backward pass of a net without dropout (any depth, BatchNorm or not) as one call.
+"""The forward and backward pass of a net (any depth, BatchNorm, dropout or neither) as one call.
 
 The same pass as ``MultiLayerNet._step`` with a materialised gradient,
 block for block: products through NumPy's BLAS called from inside the
 kernel, bias + activation (or bias, BatchNorm, activation), softmax +
-cross-entropy + gradient, activation backward (then BatchNorm's) with the
-bias gradient and the weight-decay term, into the net's flat gradient
+cross-entropy + gradient, dropout's mask, activation backward (then
+BatchNorm's) with the bias gradient and the weight-decay term, into the net's flat gradient
 buffer; the backend then runs the optimizer's fused pass over the whole flat
 parameter buffer (a kernel of its own, so this one compiles once for every
 optimizer).  What it saves is the Python between the blocks, which is most
 of a small net's step.  A net without BatchNorm passes ``running=None``, and
-its specialisation compiles no BatchNorm code.  Only usable when
+its specialisation compiles no BatchNorm code; likewise ``uniforms=None``
+compiles no dropout.  Only usable when
 :data:`fastbp.backends.numba_blas.IN_NUMBA` (NumPy's OpenBLAS reachable from
 numba).
 """
@@ -25,25 +26,31 @@ from fastbp.backends.numba_kernels.elementwise import _act, _act_backward, _dot,
 from fastbp.backends.numba_kernels.softmax import _sum, _xent_rows
 
 
-def work_size(batch, sizes, batchnorm=False) -> int:
-    """Scratch elements of a step: every layer's activations, two gradient buffers, and with
+def work_size(batch, sizes, batchnorm=False, dropout=False) -> int:
+    """Scratch elements of a step: every layer's activations, two gradient buffers, with
     BatchNorm each hidden layer's normalised input, its inverse deviations and a copy of the
-    running statistics."""
+    running statistics, and with dropout each hidden layer's dropped activations."""
     # Python ints: summing NumPy ones costs microseconds a step; compiled, this function
     # saved about a microsecond a step and cost 0.3 s of a cold first step
     widths = sizes[1:].tolist()
-    hidden = sum(widths[:-1]) if batchnorm else 0
-    return batch * (sum(widths) + 2 * max(widths)) + (batch + 3) * hidden
+    hidden = sum(widths[:-1])
+    return (batch * (sum(widths) + 2 * max(widths)) + (batch + 3) * hidden * batchnorm
+            + batch * hidden * dropout)
 
 
 @njit(cache=True, error_model="numpy")
-def mlp_gradient(x, t, sizes, p, g, act, lam, work, check_finite, running, momentum, eps):
+def mlp_gradient(x, t, sizes, p, g, act, lam, work, check_finite, running, momentum, eps,
+                 uniforms, ratio, scale, masks):
     """The loss, and its gradient into the flat ``g`` at the flat parameters ``p``.
 
     ``sizes`` are the layer widths, input first; ``p`` and ``g`` hold
     ``W1, b1, [gamma1, beta1,] W2, ...`` in order, the BatchNorm ones when
     ``running`` (the flat ``running_mean1, running_var1, ...``) is not None;
     they are updated in place with ``momentum``, normalising with ``eps``.
+    With ``uniforms`` (a draw per hidden unit and sample, layer after layer,
+    each layer's ``(n, width)`` in C order) each hidden output is dropped where
+    its draw is below ``ratio`` and scaled by ``scale`` elsewhere, the mask (0
+    or ``scale``) written to ``masks``, laid out as ``uniforms``.
     With ``check_finite`` a NaN or inf in ``x`` returns NaN before anything,
     and a NaN or inf loss returns before the backward pass, with the running
     statistics as they were.  ``work`` is scratch of at
@@ -64,7 +71,8 @@ def mlp_gradient(x, t, sizes, p, g, act, lam, work, check_finite, running, momen
     for layer in range(layers):
         W, b = _weights(p, starts, sizes, layer)
         z = _output(work, sizes, n, layer)
-        _numpy_blas_gemm(_input(x, work, sizes, n, layer), W, z, False, False, 1.0, 0.0)
+        _numpy_blas_gemm(_input(x, work, sizes, n, layer, running is not None,
+                                uniforms is not None), W, z, False, False, 1.0, 0.0)
         if layer == layers - 1:
             break
         if running is None:
@@ -82,6 +90,10 @@ def mlp_gradient(x, t, sizes, p, g, act, lam, work, check_finite, running, momen
             for i in range(n):
                 for j in range(z.shape[1]):
                     z[i, j] = _act(z[i, j], act, one)
+        if uniforms is not None:
+            _drop(z, _per_unit(uniforms, sizes, n, layer, 0), ratio, dtype(scale),
+                  _per_unit(masks, sizes, n, layer, 0), _dropped(work, sizes, n, layer,
+                                                                 running is not None))
     classes = sizes[layers]
     here, there = _gradient_buffers(work, sizes, n)
     d = here[:n * classes].reshape((n, classes))
@@ -112,15 +124,22 @@ def mlp_gradient(x, t, sizes, p, g, act, lam, work, check_finite, running, momen
             for k in range(W.shape[0]):
                 for j in range(W.shape[1]):
                     gW[k, j] = lam * W[k, j]
-        a_in = _input(x, work, sizes, n, layer)
+        a_in = _input(x, work, sizes, n, layer, running is not None, uniforms is not None)
         _numpy_blas_gemm(a_in, d, gW, True, False, 1.0, 1.0 if lam != 0 else 0.0)
         if layer == 0:
             break
         below = there[:n * sizes[layer]].reshape((n, sizes[layer]))
         _numpy_blas_gemm(d, W, below, False, True, 1.0, 0.0)
-        for i in range(n):
-            for j in range(below.shape[1]):
-                below[i, j] = _act_backward(below[i, j], a_in[i, j], act, one)
+        y = _output(work, sizes, n, layer - 1)  # the activation's output, before any dropout
+        if uniforms is not None:
+            mask = _per_unit(masks, sizes, n, layer - 1, 0)
+            for i in range(n):
+                for j in range(below.shape[1]):
+                    below[i, j] = _act_backward(below[i, j] * mask[i, j], y[i, j], act, one)
+        else:
+            for i in range(n):
+                for j in range(below.shape[1]):
+                    below[i, j] = _act_backward(below[i, j], y[i, j], act, one)
         if running is not None:
             gamma, _ = _norm(p, starts, sizes, layer - 1)
             dgamma, dbeta = _norm(g, starts, sizes, layer - 1)
@@ -129,6 +148,17 @@ def mlp_gradient(x, t, sizes, p, g, act, lam, work, check_finite, running, momen
         here, there = there, here
         d = below
     return loss
+
+
+@njit(cache=True, error_model="numpy")
+def _drop(y, uniforms, ratio, scale, mask, out):
+    """``out = y * mask``, the mask 0 where the draw is below ``ratio`` and ``scale`` elsewhere."""
+    zero = scale - scale
+    for i in range(y.shape[0]):
+        for j in range(y.shape[1]):
+            m = scale if uniforms[i, j] >= ratio else zero
+            mask[i, j] = m
+            out[i, j] = y[i, j] * m
 
 
 @njit(cache=True, error_model="numpy")
@@ -219,6 +249,27 @@ def _output(work, sizes, n, layer):
 
 
 @njit(cache=True, error_model="numpy")
-def _input(x, work, sizes, n, layer):
-    """Layer ``layer``'s input: ``x``, or the output of the layer before."""
-    return x if layer == 0 else _output(work, sizes, n, layer - 1)
+def _dropped(work, sizes, n, layer, batchnorm):
+    """Hidden layer ``layer``'s output after dropout, in the scratch after everything else."""
+    outputs, widest = _outputs_size(sizes, n)
+    hidden = _hidden_before(sizes, sizes.size - 2)
+    return _per_unit(work, sizes, n, layer,
+                     outputs + 2 * n * widest + ((n + 3) * hidden if batchnorm else 0))
+
+
+@njit(cache=True, error_model="numpy")
+def _per_unit(flat, sizes, n, layer, at):
+    """Hidden layer ``layer``'s ``(n, width)`` in ``flat[at:]``, which holds every hidden
+    layer's in turn."""
+    at += n * _hidden_before(sizes, layer)
+    return flat[at:at + n * sizes[layer + 1]].reshape((n, sizes[layer + 1]))
+
+
+@njit(cache=True, error_model="numpy")
+def _input(x, work, sizes, n, layer, batchnorm, dropout):
+    """Layer ``layer``'s input: ``x``, or the output of the layer before (after its dropout)."""
+    if layer == 0:
+        return x
+    if dropout:
+        return _dropped(work, sizes, n, layer - 1, batchnorm)
+    return _output(work, sizes, n, layer - 1)

@@ -71,8 +71,8 @@ def mlp_gradient(x, t, sizes, p, g, act, lam, work, check_finite, running, momen
     for layer in range(layers):
         W, b = _weights(p, starts, sizes, layer)
         z = _output(work, sizes, n, layer)
-        _numpy_blas_gemm(_input(x, work, sizes, n, layer, running is not None,
-                                uniforms is not None), W, z, False, False, 1.0, 0.0)
+        _numpy_blas_gemm(_input(x, work, sizes, n, layer, running is not None, uniforms),
+                         W, z, False, False, 1.0, 0.0)
         if layer == layers - 1:
             break
         if running is None:
@@ -124,7 +124,7 @@ def mlp_gradient(x, t, sizes, p, g, act, lam, work, check_finite, running, momen
             for k in range(W.shape[0]):
                 for j in range(W.shape[1]):
                     gW[k, j] = lam * W[k, j]
-        a_in = _input(x, work, sizes, n, layer, running is not None, uniforms is not None)
+        a_in = _input(x, work, sizes, n, layer, running is not None, uniforms)
         _numpy_blas_gemm(a_in, d, gW, True, False, 1.0, 1.0 if lam != 0 else 0.0)
         if layer == 0:
             break
@@ -266,10 +266,11 @@ def _per_unit(flat, sizes, n, layer, at):
 
 
 @njit(cache=True, error_model="numpy")
-def _input(x, work, sizes, n, layer, batchnorm, dropout):
-    """Layer ``layer``'s input: ``x``, or the output of the layer before (after its dropout)."""
+def _input(x, work, sizes, n, layer, batchnorm, uniforms):
+    """Layer ``layer``'s input: ``x``, or the output of the layer before (after its dropout
+    when there are ``uniforms``; without, this specialisation compiles no dropout)."""
     if layer == 0:
         return x
-    if dropout:
+    if uniforms is not None:
         return _dropped(work, sizes, n, layer - 1, batchnorm)
     return _output(work, sizes, n, layer - 1)

@@ -299,8 +299,10 @@ class MultiLayerNet:
 
     def __setstate__(self, state):
         """A copy (``copy.deepcopy``, pickle) holds its layers' arrays as copies of their own;
-        link them to its flat buffers again, or its updates would never reach the layers."""
+        link them to its flat buffers again, or its updates would never reach the layers (the
+        dropout masks' views are dropped: the next one-call step makes new ones)."""
         self.__dict__.update(state)
+        self._masks = None
         self._link()
 
     # ------------------------------------------------------------- validation

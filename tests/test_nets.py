@@ -648,6 +648,8 @@ def test_a_copied_net_and_optimizer_train_on_as_the_original(backend, duplicate,
         numpy.testing.assert_array_equal(host(twin.params[key]), host(net.params[key]))
     for key in net.buffers:
         numpy.testing.assert_array_equal(host(twin.buffers[key]), host(net.buffers[key]))
+    for key in ("Dropout1", "Dropout2") if options == "dropout" else ():  # the masks last used
+        numpy.testing.assert_array_equal(host(twin.layers[key].mask), host(net.layers[key].mask))
 
 
 def test_a_shallow_copy_of_an_optimizer_leaves_the_original_as_it_was(backend):

@@ -101,6 +101,54 @@ def test_which_path_a_step_takes(monkeypatch, sizes, batch, optimizer, options, 
     assert len(ran) == kernel
 
 
+
+def test_claiming_the_parameters_cache_lines_changes_no_bit(dtype):
+    """The claim before the update stores into every line of the parameters: each value stays
+    as it was, to the bit (-0.0, infinities, a NaN's payload, subnormals)."""
+    bits = numba_backend._BITS[numpy.dtype(dtype)]
+    values = numpy.random.default_rng(0).standard_normal(1003).astype(dtype)
+    values[::7] = numpy.finfo(dtype).smallest_subnormal
+    values[-4:] = -0.0, numpy.inf, -numpy.inf, numpy.nan
+    values.view(bits)[-1] |= 5  # a payload
+    before = values.view(bits).copy()
+    updates.claim_lines(values.view(bits), bits(0))
+    numpy.testing.assert_array_equal(values.view(bits), before)
+
+
+@pytest.mark.parametrize("sizes, batch, claims", [
+    ((784, 100, 100, 10), 100, True),  # the products leave half the lines on the other core
+    ((64, 100, 100, 10), 32, False),   # mostly one-thread products: the lines are here
+])
+def test_which_steps_claim_the_parameters_lines_first(monkeypatch, dtype, sizes, batch, claims):
+    from fastbp.optim import Adam
+
+    claimed = []
+    real = updates.claim_lines
+    monkeypatch.setattr(updates, "claim_lines", lambda *a: claimed.append(1) or real(*a))
+    x, t = _problem(sizes, batch, dtype, False)
+    net = MultiLayerNet(sizes[0], list(sizes[1:-1]), sizes[-1], seed=0, backend="numba", dtype=dtype)
+    net.train_step(x, t, Adam())
+    assert len(claimed) == claims
+
+
+def test_a_step_that_claims_the_lines_equals_one_that_does_not(monkeypatch, dtype):
+    """With the claim forced on a small net, three Adam steps give the same parameters to the bit."""
+    from fastbp.optim import Adam
+
+    claimed = []
+    real = updates.claim_lines
+    monkeypatch.setattr(updates, "claim_lines", lambda *a: claimed.append(1) or real(*a))
+    x, t = _problem((50, 30, 20, 10), 48, dtype, False)
+    nets = [MultiLayerNet(50, [30, 20], 10, seed=0, backend="numba", dtype=dtype) for _ in "ab"]
+    for window, net in zip([(0, numpy.inf), (1, 0)], nets):
+        monkeypatch.setattr(numba_backend, "_CLAIM_BYTES", window)
+        optimizer = Adam(0.01)
+        for _ in range(3):
+            net.train_step(x, t, optimizer)
+    assert len(claimed) == 3
+    for key in nets[0].params:
+        numpy.testing.assert_array_equal(nets[0].params[key], nets[1].params[key], err_msg=key)
+
 def _dropout_nets(dtype, **options):
     """A numba net and its NumPy reference, seeded alike: the same weights and mask generators."""
     return [MultiLayerNet(6, [7, 5], 3, use_dropout=True, dropout_ratio=0.3, weight_decay_lambda=0.1,

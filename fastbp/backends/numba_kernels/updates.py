@@ -103,3 +103,20 @@ def adam(p, g, m, v, c):
         v[i] = vi
         p[i] -= lr * mi / (np.sqrt(vi) + eps)
     restore(previous)
+
+
+@njit(cache=True)
+def claim_lines(bits, zero):
+    """Store once into every 64-byte cache line of ``bits``, changing no bit (``|= zero``, a
+    zero the compiler cannot see), so this core owns the lines before an update pass.
+
+    ``bits`` is an integer view of the parameters, which the step's two-thread
+    products have just read on the other core as well.  The update pass's
+    stores, queued behind its arithmetic, wait for those lines a few at a
+    time; bare stores let the core fetch many at once.  At 784-100-100-10
+    (float64, Zen 4) the Adam pass right after the gradient kernel took 117
+    µs (86 alone), and 486 µs while the host's core-to-core latency was
+    high; claimed first, 25 + 86 and 146 + 94 µs.
+    """
+    for i in range(0, bits.size, 64 // bits.itemsize):
+        bits[i] |= zero

@@ -47,7 +47,7 @@ _FOLD_ABOVE = {"sgd_update": 1 << 20, "momentum_update": 1 << 25}
 #: flat parameter bytes for which claiming their cache lines before the update pass pays
 #: (:func:`~fastbp.backends.numba_kernels.updates.claim_lines`), steps timed interleaved on
 #: Zen 4: at 784-100-100-10 (359 and 717 KB) from 2% slower to 6% faster while its two cores
-#: traded lines quickly, 5-26% faster while slowly; 1-3 µs lost at 64-100-100-10 (70 and 141
+#: traded lines quickly, 5-26% faster while slowly; 0-3 µs lost at 64-100-100-10 (70 and 141
 #: KB: mostly one-thread products); 2.5% lost at 784-256-256-10 (1.1 MB, lines traded quickly)
 _CLAIM_BYTES = (1 << 18, 1 << 20)
 _BITS = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}

@@ -101,7 +101,6 @@ def test_which_path_a_step_takes(monkeypatch, sizes, batch, optimizer, options, 
     assert len(ran) == kernel
 
 
-
 def test_claiming_the_parameters_cache_lines_changes_no_bit(dtype):
     """The claim before the update stores into every line of the parameters: each value stays
     as it was, to the bit (-0.0, infinities, a NaN's payload, subnormals)."""
@@ -115,6 +114,14 @@ def test_claiming_the_parameters_cache_lines_changes_no_bit(dtype):
     numpy.testing.assert_array_equal(values.view(bits), before)
 
 
+def _count_claims(monkeypatch):
+    """A list that grows by one each time a step claims the parameters' cache lines."""
+    claimed = []
+    real = updates.claim_lines
+    monkeypatch.setattr(updates, "claim_lines", lambda *a: claimed.append(1) or real(*a))
+    return claimed
+
+
 @pytest.mark.parametrize("sizes, batch, claims", [
     ((784, 100, 100, 10), 100, True),  # the products leave half the lines on the other core
     ((64, 100, 100, 10), 32, False),   # mostly one-thread products: the lines are here
@@ -122,9 +129,7 @@ def test_claiming_the_parameters_cache_lines_changes_no_bit(dtype):
 def test_which_steps_claim_the_parameters_lines_first(monkeypatch, dtype, sizes, batch, claims):
     from fastbp.optim import Adam
 
-    claimed = []
-    real = updates.claim_lines
-    monkeypatch.setattr(updates, "claim_lines", lambda *a: claimed.append(1) or real(*a))
+    claimed = _count_claims(monkeypatch)
     x, t = _problem(sizes, batch, dtype, False)
     net = MultiLayerNet(sizes[0], list(sizes[1:-1]), sizes[-1], seed=0, backend="numba", dtype=dtype)
     net.train_step(x, t, Adam())
@@ -135,9 +140,7 @@ def test_a_step_that_claims_the_lines_equals_one_that_does_not(monkeypatch, dtyp
     """With the claim forced on a small net, three Adam steps give the same parameters to the bit."""
     from fastbp.optim import Adam
 
-    claimed = []
-    real = updates.claim_lines
-    monkeypatch.setattr(updates, "claim_lines", lambda *a: claimed.append(1) or real(*a))
+    claimed = _count_claims(monkeypatch)
     x, t = _problem((50, 30, 20, 10), 48, dtype, False)
     nets = [MultiLayerNet(50, [30, 20], 10, seed=0, backend="numba", dtype=dtype) for _ in "ab"]
     for window, net in zip([(0, numpy.inf), (1, 0)], nets):
@@ -148,6 +151,7 @@ def test_a_step_that_claims_the_lines_equals_one_that_does_not(monkeypatch, dtyp
     assert len(claimed) == 3
     for key in nets[0].params:
         numpy.testing.assert_array_equal(nets[0].params[key], nets[1].params[key], err_msg=key)
+
 
 def _dropout_nets(dtype, **options):
     """A numba net and its NumPy reference, seeded alike: the same weights and mask generators."""

@@ -122,22 +122,30 @@ def _count_claims(monkeypatch):
     return claimed
 
 
-@pytest.mark.parametrize("sizes, batch, claims", [
-    ((784, 100, 100, 10), 100, True),  # the products leave half the lines on the other core
-    ((64, 100, 100, 10), 32, False),   # mostly one-thread products: the lines are here
+@pytest.mark.parametrize("sizes, batch, blas_threads, claims", [
+    ((784, 100, 100, 10), 100, 2, True),  # the products leave half the lines on the other core
+    ((784, 100, 100, 10), 100, 1, False),  # one BLAS thread: the lines are all here
+    ((64, 100, 100, 10), 32, 2, False),    # mostly one-thread products: the lines are here
 ])
-def test_which_steps_claim_the_parameters_lines_first(monkeypatch, dtype, sizes, batch, claims):
+def test_which_steps_claim_the_parameters_lines_first(monkeypatch, dtype, sizes, batch,
+                                                      blas_threads, claims):
+    from threadpoolctl import threadpool_limits
+
     from fastbp.optim import Adam
 
     claimed = _count_claims(monkeypatch)
     x, t = _problem(sizes, batch, dtype, False)
     net = MultiLayerNet(sizes[0], list(sizes[1:-1]), sizes[-1], seed=0, backend="numba", dtype=dtype)
-    net.train_step(x, t, Adam())
+    with threadpool_limits(limits=blas_threads, user_api="blas"):
+        assert numba_blas.threads() == blas_threads
+        net.train_step(x, t, Adam())
     assert len(claimed) == claims
 
 
 def test_a_step_that_claims_the_lines_equals_one_that_does_not(monkeypatch, dtype):
     """With the claim forced on a small net, three Adam steps give the same parameters to the bit."""
+    from threadpoolctl import threadpool_limits
+
     from fastbp.optim import Adam
 
     claimed = _count_claims(monkeypatch)
@@ -146,8 +154,9 @@ def test_a_step_that_claims_the_lines_equals_one_that_does_not(monkeypatch, dtyp
     for window, net in zip([(0, numpy.inf), (1, 0)], nets):
         monkeypatch.setattr(numba_backend, "_CLAIM_BYTES", window)
         optimizer = Adam(0.01)
-        for _ in range(3):
-            net.train_step(x, t, optimizer)
+        with threadpool_limits(limits=2, user_api="blas"):  # a one-core machine has one
+            for _ in range(3):
+                net.train_step(x, t, optimizer)
     assert len(claimed) == 3
     for key in nets[0].params:
         numpy.testing.assert_array_equal(nets[0].params[key], nets[1].params[key], err_msg=key)

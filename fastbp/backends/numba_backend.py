@@ -48,7 +48,8 @@ _FOLD_ABOVE = {"sgd_update": 1 << 20, "momentum_update": 1 << 25}
 #: (:func:`~fastbp.backends.numba_kernels.updates.claim_lines`), steps timed interleaved on
 #: Zen 4: at 784-100-100-10 (359 and 717 KB) from 2% slower to 6% faster while its two cores
 #: traded lines quickly, 5-26% faster while slowly; 0-3 µs lost at 64-100-100-10 (70 and 141
-#: KB: mostly one-thread products); 2.5% lost at 784-256-256-10 (1.1 MB, lines traded quickly)
+#: KB: mostly one-thread products); 2.5% lost at 784-256-256-10 (1.1 MB, lines traded quickly);
+#: with one BLAS thread the lines stay here and the claim cost 2% (float64), so it is skipped
 _CLAIM_BYTES = (1 << 18, 1 << 20)
 _BITS = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}
 
@@ -302,7 +303,7 @@ class NumbaBackend(NumpyBackend):
             check_finite, running, float(momentum), float(eps), uniforms, float(ratio),
             float(scale), masks))
         if not check_finite or math.isfinite(loss):
-            if _CLAIM_BYTES[0] <= params.nbytes <= _CLAIM_BYTES[1]:
+            if _CLAIM_BYTES[0] <= params.nbytes <= _CLAIM_BYTES[1] and numba_blas.threads() != 1:
                 bits = _BITS[params.dtype]
                 updates.claim_lines(params.view(bits), bits(0))
             kernel(params, grads, *state, constants)

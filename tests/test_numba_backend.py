@@ -104,7 +104,7 @@ def test_which_path_a_step_takes(monkeypatch, sizes, batch, optimizer, options, 
 def test_claiming_the_parameters_cache_lines_changes_no_bit(dtype):
     """The claim before the update stores into every line of the parameters: each value stays
     as it was, to the bit (-0.0, infinities, a NaN's payload, subnormals)."""
-    bits = numba_backend._BITS[numpy.dtype(dtype)]
+    bits = numpy.dtype(f"i{numpy.dtype(dtype).itemsize}").type
     values = numpy.random.default_rng(0).standard_normal(1003).astype(dtype)
     values[::7] = numpy.finfo(dtype).smallest_subnormal
     values[-4:] = -0.0, numpy.inf, -numpy.inf, numpy.nan

@@ -51,7 +51,6 @@ _FOLD_ABOVE = {"sgd_update": 1 << 20, "momentum_update": 1 << 25}
 #: KB: mostly one-thread products); 2.5% lost at 784-256-256-10 (1.1 MB, lines traded quickly);
 #: with one BLAS thread the lines stay here and the claim cost 2% (float64), so it is skipped
 _CLAIM_BYTES = (1 << 18, 1 << 20)
-_BITS = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}
 
 
 def _floats(*arrays):
@@ -304,7 +303,7 @@ class NumbaBackend(NumpyBackend):
             float(scale), masks))
         if not check_finite or math.isfinite(loss):
             if _CLAIM_BYTES[0] <= params.nbytes <= _CLAIM_BYTES[1] and numba_blas.threads() != 1:
-                bits = _BITS[params.dtype]
+                bits = np.dtype(f"i{params.itemsize}").type  # the integers of the floats' width
                 updates.claim_lines(params.view(bits), bits(0))
             kernel(params, grads, *state, constants)
         return loss

@@ -95,9 +95,9 @@ def _numpy_gemm(path):
     return gemm
 
 
-def _thread_count(path):
-    """NumPy's OpenBLAS's own ``get_num_threads`` (through ctypes, under a microsecond), or
-    None where the library does not export it."""
+def _get_num_threads(path):
+    """NumPy's OpenBLAS's own ``get_num_threads`` function (called through ctypes, under a
+    microsecond), or None where the library does not export it."""
     ask = getattr(ctypes.CDLL(path), "scipy_openblas_get_num_threads64_", None)
     if ask is not None:
         ask.restype, ask.argtypes = ctypes.c_int, []
@@ -107,11 +107,11 @@ def _thread_count(path):
 def _choose():
     path = None if numba.config.DISABLE_JIT else numpy_openblas()
     if path:
-        return _numpy_gemm(path), f"NumPy's OpenBLAS ({os.path.basename(path)})", _thread_count(path)
+        return _numpy_gemm(path), f"NumPy's OpenBLAS ({os.path.basename(path)})", _get_num_threads(path)
     return _scipy_gemm(), "SciPy's OpenBLAS", None
 
 
-gemm, LIBRARY, _ask_threads = _choose()
+gemm, LIBRARY, _library_threads = _choose()
 #: True when the products run in NumPy's OpenBLAS, callable from compiled kernels too
 IN_NUMBA = LIBRARY.startswith("NumPy's")
 gemm.__doc__ = """In place ``out = alpha * op(a) @ op(b) + beta * out`` for C-contiguous float arrays.
@@ -123,4 +123,4 @@ gemm.__doc__ = """In place ``out = alpha * op(a) @ op(b) + beta * out`` for C-co
 def threads() -> int | None:
     """How many threads the products run on now (``threadpoolctl`` and
     ``OPENBLAS_NUM_THREADS`` set it), or None where the library does not say."""
-    return _ask_threads() if _ask_threads else None
+    return _library_threads() if _library_threads else None
